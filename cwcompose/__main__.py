@@ -1,0 +1,3 @@
+from cwcompose.cli import main
+
+raise SystemExit(main())

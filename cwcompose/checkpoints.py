@@ -1,0 +1,86 @@
+"""Checkpoints: safetensors weights beside a readable JSON of their configs.
+
+``<dir>/step<STEP>.safetensors`` + ``<dir>/step<STEP>.json`` hold an exported model;
+:func:`load_checkpoint` accepts a step number (looked up in the shipped
+``checkpoints/`` folder), a ``.safetensors`` / ``.json`` path, or a stem. Nothing is
+ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from cwcompose.model import CPTransformer, ModelConfig
+from cwcompose.tokenizer import CPTokenizer, TokenizerConfig
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+SHIPPED_STEPS = (10000, 28500, 80000)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, malformed, or does not match the tokenizer."""
+
+
+def save_checkpoint(model: CPTransformer, tokenizer: CPTokenizer, path_stem: str | Path, **metadata) -> Path:
+    """Write ``<stem>.safetensors`` (fp32 weights) and ``<stem>.json`` (configs + metadata)."""
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(weights, str(stem.with_suffix(".safetensors")))
+    info = {"model": model.config.to_dict(), "tokenizer": tokenizer.config.to_dict(), **metadata}
+    stem.with_suffix(".json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return stem.with_suffix(".safetensors")
+
+
+def resolve_checkpoint(name_or_path: str | int | Path) -> Path:
+    """A step number, a stem or a path -> the stem (path without suffix) of an existing checkpoint."""
+    text = str(name_or_path)
+    if text.isdigit():
+        stem = SHIPPED_DIR / f"step{text}"
+    else:
+        stem = Path(text)
+        if stem.suffix in (".safetensors", ".json"):
+            stem = stem.with_suffix("")
+    if not stem.with_suffix(".safetensors").is_file() or not stem.with_suffix(".json").is_file():
+        available = sorted(p.stem for p in SHIPPED_DIR.glob("step*.safetensors"))
+        raise CheckpointError(f"no checkpoint {text!r} (need {stem.name}.safetensors and {stem.name}.json); "
+                              f"shipped checkpoints: {', '.join(available) or 'none'}")
+    return stem
+
+
+def read_checkpoint_info(name_or_path: str | int | Path) -> dict:
+    return json.loads(resolve_checkpoint(name_or_path).with_suffix(".json").read_text())
+
+
+def load_checkpoint(name_or_path: str | int | Path, device: str | torch.device | None = None,
+                    tokenizer_config: TokenizerConfig | None = None) -> tuple[CPTransformer, CPTokenizer]:
+    """Load an exported checkpoint (strictly) -> (model in eval mode, its tokenizer).
+
+    ``tokenizer_config``, when given, must equal the checkpoint's, else :class:`CheckpointError`.
+    """
+    stem = resolve_checkpoint(name_or_path)
+    info = json.loads(stem.with_suffix(".json").read_text())
+    try:
+        tokenizer = CPTokenizer(TokenizerConfig.from_dict(info["tokenizer"]))
+        model_config = ModelConfig.from_dict(info["model"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{stem.name}.json is not a cwcompose checkpoint config: {err}") from err
+    if tokenizer_config is not None and tokenizer_config != tokenizer.config:
+        raise CheckpointError(f"{stem.name} was trained with a different tokenizer config than the one given")
+    if model_config.vocab_sizes != tokenizer.vocab_sizes:
+        raise CheckpointError(f"{stem.name}: the model's vocabulary sizes do not match its tokenizer")
+    model = CPTransformer(model_config)
+    try:
+        model.load_state_dict(load_file(str(stem.with_suffix(".safetensors"))), strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{stem.name}.safetensors does not match its config: {err}") from err
+    device = torch.device(device) if device is not None else default_device()
+    return model.to(device).eval(), tokenizer
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,386 @@
+"""Compound-word (CP) tokenizer: piano MIDI <-> an array of words x fields.
+
+A song becomes a sequence of *words*; each word is one integer per field:
+
+==========  ==========================================================
+family      Metric (a bar line, rest or onset position), Note, End
+bar_pos     Bar, Rest, or Pos_0..Pos_31 (1/8 beat steps in a 4-beat bar)
+tempo       32 log-spaced BPM classes, or Conti (no change)
+chord       root x quality, N (no chord), or Conti (no change)
+rest        Rest_1..Rest_10: whole empty bars jumped over
+pitch       MIDI 21..108 (the 88 piano keys)
+duration    64 classes: 1/8 beat steps to 4 beats, 1/4 beat steps to 12
+velocity    64 classes (bins of 2 MIDI velocity units)
+==========  ==========================================================
+
+Every field starts with ``Pad`` (0) and ``Ignore`` (1); a field that does not
+apply to a word's family holds ``Ignore``. Bars are always 4 beats long: a
+file in 3/4 or 6/8 is re-cut every 4 beats, which keeps every onset's timing
+but not its bar lines. Tracks are merged into one piano part, drums dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import miditoolkit
+import numpy as np
+
+from cwcompose.chords import parse_chord_label
+from cwcompose.jsonconfig import JsonConfig
+
+PAD, IGNORE = 0, 1
+SPECIALS = ("Pad", "Ignore")
+FIELDS = ("family", "bar_pos", "tempo", "chord", "rest", "pitch", "duration", "velocity")
+METRIC_FIELDS = ("bar_pos", "tempo", "chord", "rest")
+NOTE_FIELDS = ("pitch", "duration", "velocity")
+PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+CHORD_QUALITIES = ("maj", "min", "dim", "aug", "sus2", "sus4", "7", "maj7", "min7", "hdim7", "dim7")
+
+
+class MidiReadError(ValueError):
+    """The input is not a readable MIDI file, or it holds no playable notes."""
+
+
+@dataclass(frozen=True)
+class TokenizerConfig(JsonConfig):
+    """Ranges and resolutions of the representation (saved with every checkpoint)."""
+
+    beats_per_bar: int = 4
+    positions_per_beat: int = 8
+    pitch_min: int = 21
+    pitch_max: int = 108
+    n_tempo: int = 32
+    tempo_min_bpm: float = 40.0
+    tempo_max_bpm: float = 250.0
+    n_velocity: int = 64
+    fine_duration_beats: int = 4  # durations up to this many beats step by 1/positions_per_beat
+    coarse_duration_beats: int = 12  # ... then by 1/coarse_steps_per_beat up to this
+    coarse_steps_per_beat: int = 4
+    max_rest_bars: int = 10
+    chord_qualities: tuple[str, ...] = CHORD_QUALITIES
+    ticks_per_beat: int = 480  # resolution of decoded MIDI
+
+    def __post_init__(self) -> None:
+        checks = {
+            "beats_per_bar >= 1": self.beats_per_bar >= 1,
+            "positions_per_beat >= 1": self.positions_per_beat >= 1,
+            "0 <= pitch_min <= pitch_max <= 127": 0 <= self.pitch_min <= self.pitch_max <= 127,
+            "n_tempo >= 2": self.n_tempo >= 2,
+            "0 < tempo_min_bpm < tempo_max_bpm": 0 < self.tempo_min_bpm < self.tempo_max_bpm,
+            "1 <= n_velocity <= 127": 1 <= self.n_velocity <= 127,
+            "0 < fine_duration_beats < coarse_duration_beats":
+                0 < self.fine_duration_beats < self.coarse_duration_beats,
+            "coarse_steps_per_beat divides positions_per_beat":
+                self.coarse_steps_per_beat >= 1 and self.positions_per_beat % self.coarse_steps_per_beat == 0,
+            "max_rest_bars >= 1": self.max_rest_bars >= 1,
+            "chord_qualities are known": set(self.chord_qualities) <= set(CHORD_QUALITIES),
+            "ticks_per_beat divisible by positions_per_beat":
+                self.ticks_per_beat > 0 and self.ticks_per_beat % self.positions_per_beat == 0,
+        }
+        failed = [name for name, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError(f"invalid TokenizerConfig: {', '.join(failed)}")
+
+    @property
+    def positions_per_bar(self) -> int:
+        return self.beats_per_bar * self.positions_per_beat
+
+
+# ---------------------------------------------------------------- quantisers
+
+
+def tempo_classes_bpm(config: TokenizerConfig) -> np.ndarray:
+    """The BPM value of every tempo class, log-spaced."""
+    return np.geomspace(config.tempo_min_bpm, config.tempo_max_bpm, config.n_tempo)
+
+
+def quantise_tempo(bpm: float, config: TokenizerConfig) -> int:
+    """Tempo in beats per minute -> nearest class index (in log space)."""
+    classes = np.log(tempo_classes_bpm(config))
+    return int(np.argmin(np.abs(classes - np.log(max(bpm, 1e-3)))))
+
+
+def duration_classes(config: TokenizerConfig) -> np.ndarray:
+    """The length of every duration class, in positions (1/positions_per_beat beat)."""
+    ppb = config.positions_per_beat
+    fine = np.arange(1, config.fine_duration_beats * ppb + 1)
+    step = ppb // config.coarse_steps_per_beat
+    coarse = np.arange(fine[-1] + step, config.coarse_duration_beats * ppb + 1, step)
+    return np.concatenate([fine, coarse])
+
+
+def quantise_durations(positions: np.ndarray, config: TokenizerConfig) -> np.ndarray:
+    """Durations in positions (float) -> duration class indices (nearest, ties to the shorter)."""
+    classes = duration_classes(config)
+    return np.argmin(np.abs(classes[None, :] - np.asarray(positions, float)[:, None]), axis=1)
+
+
+def velocity_class_values(config: TokenizerConfig) -> np.ndarray:
+    """The MIDI velocity (1..127) that every velocity class decodes to: the centre of its bin."""
+    edges = np.linspace(0, 128, config.n_velocity + 1)
+    return np.clip(np.round((edges[:-1] + edges[1:]) / 2), 1, 127).astype(int)
+
+
+def quantise_velocities(velocities: np.ndarray, config: TokenizerConfig) -> np.ndarray:
+    """MIDI velocities (0..127) -> velocity class indices (equal-width bins over 0..128)."""
+    v = np.clip(np.asarray(velocities), 0, 127)
+    return (v * config.n_velocity // 128).astype(int)
+
+
+# ---------------------------------------------------------------- vocabularies
+
+
+def build_vocabularies(config: TokenizerConfig) -> dict[str, tuple[str, ...]]:
+    """Token names of every field, keyed by field name; index = token id."""
+    ppb = config.positions_per_beat
+    chords = ("N",) + tuple(f"{root}:{q}" for root in PITCH_CLASSES for q in config.chord_qualities)
+    return {
+        "family": SPECIALS + ("Metric", "Note", "End"),
+        "bar_pos": SPECIALS + ("Bar", "Rest") + tuple(f"Pos_{i}" for i in range(config.positions_per_bar)),
+        "tempo": SPECIALS + ("Conti",) + tuple(f"Tempo_{b:.1f}" for b in tempo_classes_bpm(config)),
+        "chord": SPECIALS + ("Conti",) + chords,
+        "rest": SPECIALS + tuple(f"Rest_{i}" for i in range(1, config.max_rest_bars + 1)),
+        "pitch": SPECIALS + tuple(f"Pitch_{p}" for p in range(config.pitch_min, config.pitch_max + 1)),
+        "duration": SPECIALS + tuple(f"Dur_{d / ppb:g}b" for d in duration_classes(config)),
+        "velocity": SPECIALS + tuple(f"Vel_{v}" for v in velocity_class_values(config)),
+    }
+
+
+# Offsets of the first real value in each field's vocabulary.
+FAMILY_METRIC, FAMILY_NOTE, FAMILY_END = 2, 3, 4
+BAR, REST, POS0 = 2, 3, 4
+CONTI = 2
+CHORD_NONE = 3
+VALUE0 = 2  # rest, pitch, duration, velocity values start here
+TEMPO0, CHORD0 = 3, 4
+
+
+@dataclass
+class ScoreNote:
+    """A note on the representation's grid: onset and duration in positions."""
+
+    onset: int
+    pitch: int
+    duration_class: int
+    velocity_class: int
+
+
+@dataclass
+class Score:
+    """A song on the grid: notes plus tempo and chord changes keyed by onset position."""
+
+    notes: list[ScoreNote]
+    tempo_at: dict[int, int] = dataclasses.field(default_factory=dict)  # position -> tempo class
+    chord_at: dict[int, int] = dataclasses.field(default_factory=dict)  # position -> chord token
+
+
+class CPTokenizer:
+    """Encode MIDI files to compound words and back.
+
+    >>> tok = CPTokenizer()
+    >>> words = tok.encode("song.mid")      # np.ndarray (n_words, 8)
+    >>> midi = tok.decode(words)            # miditoolkit.MidiFile
+    """
+
+    def __init__(self, config: TokenizerConfig | None = None):
+        self.config = config or TokenizerConfig()
+        self.vocab = build_vocabularies(self.config)
+        self._ids = {field: {name: i for i, name in enumerate(names)} for field, names in self.vocab.items()}
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        return FIELDS
+
+    @property
+    def vocab_sizes(self) -> dict[str, int]:
+        return {field: len(names) for field, names in self.vocab.items()}
+
+    def column(self, field: str) -> int:
+        """Index of ``field`` in a word array's second axis."""
+        return FIELDS.index(field)
+
+    # ------------------------------------------------------------ token names
+
+    def token_name(self, field: str, token: int) -> str:
+        return self.vocab[field][int(token)]
+
+    def token_id(self, field: str, name: str) -> int:
+        try:
+            return self._ids[field][name]
+        except KeyError:
+            raise KeyError(f"{name!r} is not a token of field {field!r}") from None
+
+    def word_to_str(self, word: Sequence[int]) -> str:
+        """A word as readable text, skipping Ignore fields, e.g. ``Note Pitch_60 Dur_1b Vel_81``."""
+        parts = [self.token_name(f, t) for f, t in zip(FIELDS, word) if t != IGNORE]
+        return " ".join(parts)
+
+    def words_to_str(self, words: np.ndarray) -> str:
+        return "\n".join(self.word_to_str(w) for w in words)
+
+    def chord_token(self, label: str) -> int:
+        """A chord label (``C:maj``, ``Gb:min7/b3``, ``N``) -> chord token id."""
+        root, quality = parse_chord_label(label, self.config.chord_qualities)
+        if root is None:
+            return CHORD_NONE
+        return self.token_id("chord", f"{PITCH_CLASSES[root]}:{quality}")
+
+    # ------------------------------------------------------------ encode
+
+    def encode(self, midi: str | Path | bytes | miditoolkit.MidiFile, *, end: bool = True) -> np.ndarray:
+        """A MIDI file (path, bytes or ``MidiFile``) -> words, ``int64`` array of shape (n, 8).
+
+        Raises :class:`MidiReadError` for anything that is not a readable MIDI file with notes.
+        """
+        from cwcompose.midi_input import score_from_midi
+
+        return self.encode_score(score_from_midi(read_midi(midi), self.config), end=end)
+
+    def encode_score(self, score: Score, *, end: bool = True) -> np.ndarray:
+        """A :class:`Score` on the grid -> words."""
+        ppbar = self.config.positions_per_bar
+        events: dict[int, list[ScoreNote]] = {}
+        for note in score.notes:
+            events.setdefault(note.onset, []).append(note)
+        positions = sorted(set(events) | set(score.tempo_at) | set(score.chord_at))
+        words: list[list[int]] = []
+        current_bar, current_tempo, current_chord = -1, None, None
+        for onset in positions:
+            bar, pos = divmod(onset, ppbar)
+            if bar != current_bar:
+                self._append_bar_words(words, bar - current_bar - 1)
+                current_bar = bar
+            tempo = score.tempo_at.get(onset, current_tempo)
+            chord = score.chord_at.get(onset, current_chord)
+            words.append(self._metric_word(
+                POS0 + pos,
+                tempo=CONTI if tempo == current_tempo else TEMPO0 + tempo,
+                chord=CONTI if chord == current_chord or chord is None else chord,
+            ))
+            current_tempo, current_chord = tempo, chord
+            for note in sorted(events.get(onset, []), key=lambda n: (n.pitch, n.duration_class, n.velocity_class)):
+                words.append(self._note_word(note))
+        if end:
+            words.append([FAMILY_END] + [IGNORE] * (len(FIELDS) - 1))
+        return np.asarray(words, dtype=np.int64).reshape(-1, len(FIELDS))
+
+    def _append_bar_words(self, words: list[list[int]], empty_bars: int) -> None:
+        while empty_bars > 0:
+            jump = min(empty_bars, self.config.max_rest_bars)
+            words.append(self._metric_word(REST, rest=VALUE0 + jump - 1))
+            empty_bars -= jump
+        words.append(self._metric_word(BAR))
+
+    @staticmethod
+    def _metric_word(bar_pos: int, tempo: int = IGNORE, chord: int = IGNORE, rest: int = IGNORE) -> list[int]:
+        return [FAMILY_METRIC, bar_pos, tempo, chord, rest, IGNORE, IGNORE, IGNORE]
+
+    def _note_word(self, note: ScoreNote) -> list[int]:
+        pitch = VALUE0 + note.pitch - self.config.pitch_min
+        return [FAMILY_NOTE, IGNORE, IGNORE, IGNORE, IGNORE, pitch,
+                VALUE0 + note.duration_class, VALUE0 + note.velocity_class]
+
+    # ------------------------------------------------------------ decode
+
+    def decode_score(self, words: np.ndarray) -> Score:
+        """Words -> :class:`Score`. Words that break the grammar are skipped, never fatal."""
+        ppbar = self.config.positions_per_bar
+        score = Score(notes=[])
+        bar, onset = -1, None
+        col = {f: i for i, f in enumerate(FIELDS)}
+        for word in np.asarray(words, dtype=np.int64).reshape(-1, len(FIELDS)):
+            family = word[col["family"]]
+            if family == FAMILY_END:
+                break
+            if family == FAMILY_METRIC:
+                bar_pos = word[col["bar_pos"]]
+                if bar_pos == BAR:
+                    bar, onset = bar + 1, None
+                elif bar_pos == REST and word[col["rest"]] >= VALUE0:
+                    bar, onset = bar + word[col["rest"]] - VALUE0 + 1, None
+                elif bar_pos >= POS0:
+                    onset = max(bar, 0) * ppbar + bar_pos - POS0
+                    if word[col["tempo"]] >= TEMPO0:
+                        score.tempo_at[onset] = int(word[col["tempo"]] - TEMPO0)
+                    if word[col["chord"]] >= CHORD_NONE:
+                        score.chord_at[onset] = int(word[col["chord"]])
+            elif family == FAMILY_NOTE and onset is not None and all(word[col[f]] >= VALUE0 for f in NOTE_FIELDS):
+                score.notes.append(ScoreNote(
+                    onset=onset,
+                    pitch=int(word[col["pitch"]] - VALUE0 + self.config.pitch_min),
+                    duration_class=int(word[col["duration"]] - VALUE0),
+                    velocity_class=int(word[col["velocity"]] - VALUE0),
+                ))
+        return score
+
+    def decode(self, words: np.ndarray) -> miditoolkit.MidiFile:
+        """Words -> a one-track piano ``MidiFile`` at ``config.ticks_per_beat``, chords as markers."""
+        return self.score_to_midi(self.decode_score(words))
+
+    def score_to_midi(self, score: Score) -> miditoolkit.MidiFile:
+        cfg = self.config
+        tpp = cfg.ticks_per_beat // cfg.positions_per_beat  # ticks per position
+        midi = miditoolkit.MidiFile(ticks_per_beat=cfg.ticks_per_beat)
+        piano = miditoolkit.Instrument(program=0, is_drum=False, name="Piano")
+        durations = duration_classes(cfg)
+        velocities = velocity_class_values(cfg)
+        for n in score.notes:
+            start = n.onset * tpp
+            piano.notes.append(miditoolkit.Note(
+                velocity=int(velocities[n.velocity_class]), pitch=n.pitch,
+                start=start, end=start + int(durations[n.duration_class]) * tpp))
+        midi.instruments.append(piano)
+        bpm = tempo_classes_bpm(cfg)
+        tempi = sorted(score.tempo_at.items()) or [(0, quantise_tempo(120.0, cfg))]
+        midi.tempo_changes = [miditoolkit.TempoChange(float(bpm[t]), 0 if i == 0 else onset * tpp)
+                              for i, (onset, t) in enumerate(tempi)]
+        midi.time_signature_changes = [miditoolkit.TimeSignature(cfg.beats_per_bar, 4, 0)]
+        midi.markers = [miditoolkit.Marker(f"Chord_{self.vocab['chord'][c]}", onset * tpp)
+                        for onset, c in sorted(score.chord_at.items())]
+        midi.max_tick = max([n.end for n in piano.notes], default=0)
+        return midi
+
+
+# ---------------------------------------------------------------- reading MIDI
+
+
+def read_midi(midi: str | Path | bytes | miditoolkit.MidiFile) -> miditoolkit.MidiFile:
+    """Open a MIDI file, turning every way it can fail into :class:`MidiReadError`."""
+    if isinstance(midi, miditoolkit.MidiFile):
+        return midi
+    if isinstance(midi, (str, Path)):
+        try:
+            data = Path(midi).read_bytes()
+        except OSError as err:
+            raise MidiReadError(f"cannot read {Path(midi).name}: {err.strerror or err}") from err
+    else:
+        data = bytes(midi)
+    _check_header(data)
+    try:
+        parsed = miditoolkit.MidiFile(file=io.BytesIO(data))
+    except Exception as err:  # mido raises many types for damaged files
+        raise MidiReadError(f"the MIDI file is damaged or truncated ({type(err).__name__}: {err})") from err
+    if parsed.ticks_per_beat <= 0:
+        raise MidiReadError("the MIDI file declares 0 ticks per beat; re-export it from your editor")
+    return parsed
+
+
+def _check_header(data: bytes) -> None:
+    if not data:
+        raise MidiReadError("the file is empty; upload a .mid file with notes in it")
+    if data[:4] == b"RIFF":
+        raise MidiReadError("this is a WAV/RIFF audio file, not MIDI; export MIDI from your editor")
+    if data[:4] != b"MThd":
+        raise MidiReadError("not a MIDI file (it does not start with the 'MThd' header)")
+    if len(data) < 14:
+        raise MidiReadError("the MIDI header is truncated")
+    division = int.from_bytes(data[12:14], "big")
+    if division & 0x8000:
+        raise MidiReadError("SMPTE time division is not supported; save the file with ticks per beat")
+    if division == 0:
+        raise MidiReadError("the MIDI file declares 0 ticks per beat; re-export it from your editor")
