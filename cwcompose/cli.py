@@ -11,7 +11,7 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cwcompose", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for register in (_add_prepare, _add_train):
+    for register in (_add_prepare, _add_train, _add_generate, _add_evaluate):
         register(commands)
     args = parser.parse_args(argv)
     return args.run(args) or 0
@@ -55,6 +55,96 @@ def _run_train(args) -> int:
     if args.resume and (args.out / "train_config.json").exists() and not args.config:
         config = TrainConfig.load(args.out / "train_config.json")
     run_training(args.data, args.out, config, resume=args.resume, until=args.until)
+    return 0
+
+
+def _add_generate(commands) -> None:
+    p = commands.add_parser("generate", help="compose a continuation (or a piece from nothing) to a MIDI file")
+    p.add_argument("--checkpoint", default="28500", help="a shipped step (10000, 28500, 80000) or a checkpoint path")
+    p.add_argument("--primer", type=Path, help="a MIDI file to continue")
+    p.add_argument("--primer-bars", type=int, default=8, help="keep the primer's last N bars")
+    p.add_argument("--bars", type=int, default=16, help="bars to generate")
+    p.add_argument("--seconds", type=float, help="stop once the piece is this long (seconds)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default="balanced", help="steady, balanced or adventurous")
+    p.add_argument("--temperature", action="append", default=[], metavar="FIELD=V")
+    p.add_argument("--top-p", action="append", default=[], metavar="FIELD=V")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.set_defaults(run=_run_generate)
+
+
+def _parse_field_values(items: list[str], option: str) -> dict[str, float]:
+    values = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            values[name.strip()] = float(value)
+        except ValueError:
+            raise SystemExit(f"{option} {item!r}: expected FIELD=NUMBER, e.g. {option} pitch=0.9") from None
+        if not sep:
+            raise SystemExit(f"{option} {item!r}: expected FIELD=NUMBER, e.g. {option} pitch=0.9")
+    return values
+
+
+def _run_generate(args) -> int:
+    from cwcompose.checkpoints import CheckpointError, load_checkpoint
+    from cwcompose.generation import compose, save_midi
+    from cwcompose.sampling import PRESETS
+    from cwcompose.tokenizer import MidiReadError
+
+    if args.preset not in PRESETS:
+        raise SystemExit(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    try:
+        sampling = PRESETS[args.preset].with_overrides(
+            _parse_field_values(args.temperature, "--temperature"), _parse_field_values(args.top_p, "--top-p"))
+        model, tokenizer = load_checkpoint(args.checkpoint, device=args.device)
+        piece = compose(model, tokenizer, primer=args.primer, primer_bars=args.primer_bars, bars=args.bars,
+                        max_seconds=args.seconds, sampling=sampling, seed=args.seed)
+    except (ValueError, CheckpointError, MidiReadError) as err:
+        raise SystemExit(f"cwcompose generate: {err}") from None
+    save_midi(piece, args.output)
+    print(f"wrote {args.output}: {piece.primer_bars} primer bars + {piece.bars} new bars, "
+          f"{len(piece.midi.instruments[0].notes)} notes, {piece.seconds:.1f} s (seed {piece.seed})")
+    return 0
+
+
+def _add_evaluate(commands) -> None:
+    p = commands.add_parser("evaluate", help="held-out loss and music metrics of checkpoints -> a markdown report")
+    p.add_argument("checkpoints", nargs="*", help="steps or paths (default: the shipped 10000 28500 80000)")
+    p.add_argument("--data", type=Path, default=Path("data/pop909"), help="a prepared dataset")
+    p.add_argument("--split", default="test", help="its held-out split: loss, primers and real excerpts")
+    p.add_argument("--seeds", type=int, default=8, help="pieces per checkpoint and condition (seeds 0..N-1)")
+    p.add_argument("--bars", type=int, default=16, help="bars per composed piece and real excerpt")
+    p.add_argument("--primer-bars", type=int, default=8)
+    p.add_argument("--windows", type=int, default=64, help="held-out windows for the loss")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed so the numbers do not vary)")
+    p.add_argument("--out", type=Path, default=Path("docs"), help="folder for EVALUATION.md and its plots")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    import torch
+
+    from cwcompose.checkpoints import CheckpointError
+    from cwcompose.evaluation import EvalConfig, EvaluationError, default_checkpoints, evaluate, write_report
+
+    checkpoints = args.checkpoints or default_checkpoints()
+    if not checkpoints:
+        raise SystemExit("cwcompose evaluate: no checkpoints given and none shipped in checkpoints/")
+    try:
+        config = EvalConfig(seeds=args.seeds, bars=args.bars, primer_bars=args.primer_bars, nll_windows=args.windows)
+    except ValueError as err:
+        raise SystemExit(f"cwcompose evaluate: {err}") from None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)  # batch-1 decoding gains nothing from more, and the numbers stay put
+    try:
+        results = evaluate(checkpoints, args.data, config, split=args.split, device="cpu")
+    except (EvaluationError, CheckpointError) as err:
+        raise SystemExit(f"cwcompose evaluate: {err}") from None
+    finally:
+        torch.set_num_threads(threads)
+    print(f"wrote {write_report(results, args.out)}")
     return 0
 
 

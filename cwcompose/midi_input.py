@@ -25,8 +25,12 @@ def piano_notes(midi: miditoolkit.MidiFile, config: TokenizerConfig) -> list[mid
     notes = [n for inst in midi.instruments if not inst.is_drum for n in inst.notes
              if config.pitch_min <= n.pitch <= config.pitch_max]
     if not notes:
-        has_any = any(inst.notes for inst in midi.instruments)
-        what = "no notes in the piano range (MIDI 21-108) outside drum tracks" if has_any else "no notes"
+        if any(inst.notes for inst in midi.instruments if not inst.is_drum):
+            what = f"no notes in the piano range (MIDI {config.pitch_min}-{config.pitch_max})"
+        elif any(inst.notes for inst in midi.instruments):
+            what = "only drum notes (drums are dropped)"
+        else:
+            what = "no notes"
         raise MidiReadError(f"the MIDI file has {what}; upload a piano part with notes")
     return sorted(notes, key=lambda n: (n.start, n.pitch))
 

@@ -304,7 +304,7 @@ class CPTokenizer:
                 elif bar_pos == REST and word[col["rest"]] >= VALUE0:
                     bar, onset = bar + word[col["rest"]] - VALUE0 + 1, None
                 elif bar_pos >= POS0:
-                    onset = max(bar, 0) * ppbar + bar_pos - POS0
+                    onset = int(max(bar, 0) * ppbar + bar_pos - POS0)
                     if word[col["tempo"]] >= TEMPO0:
                         score.tempo_at[onset] = int(word[col["tempo"]] - TEMPO0)
                     if word[col["chord"]] >= CHORD_NONE:
