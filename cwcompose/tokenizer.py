@@ -342,7 +342,8 @@ class CPTokenizer:
         midi.time_signature_changes = [miditoolkit.TimeSignature(cfg.beats_per_bar, 4, 0)]
         midi.markers = [miditoolkit.Marker(f"Chord_{self.vocab['chord'][c]}", onset * tpp)
                         for onset, c in sorted(score.chord_at.items())]
-        midi.max_tick = max([n.end for n in piano.notes], default=0)
+        events = [n.end for n in piano.notes] + [t.time for t in midi.tempo_changes] + [m.time for m in midi.markers]
+        midi.max_tick = max(events, default=0)
         return midi
 
 
