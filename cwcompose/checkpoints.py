@@ -31,9 +31,18 @@ def save_checkpoint(model: CPTransformer, tokenizer: CPTokenizer, path_stem: str
     stem.parent.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(weights, str(stem.with_suffix(".safetensors")))
-    info = {"model": model.config.to_dict(), "tokenizer": tokenizer.config.to_dict(), **metadata}
-    stem.with_suffix(".json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    info = _without_nan({"model": model.config.to_dict(), "tokenizer": tokenizer.config.to_dict(), **metadata})
+    stem.with_suffix(".json").write_text(json.dumps(info, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return stem.with_suffix(".safetensors")
+
+
+def _without_nan(value):
+    """NaN (e.g. the loss of a field absent from the validation windows) -> null, for strict JSON."""
+    if isinstance(value, dict):
+        return {k: _without_nan(v) for k, v in value.items()}
+    if isinstance(value, float) and value != value:
+        return None
+    return value
 
 
 def resolve_checkpoint(name_or_path: str | int | Path) -> Path:
@@ -63,8 +72,8 @@ def load_checkpoint(name_or_path: str | int | Path, device: str | torch.device |
     ``tokenizer_config``, when given, must equal the checkpoint's, else :class:`CheckpointError`.
     """
     stem = resolve_checkpoint(name_or_path)
-    info = json.loads(stem.with_suffix(".json").read_text())
     try:
+        info = json.loads(stem.with_suffix(".json").read_text())
         tokenizer = CPTokenizer(TokenizerConfig.from_dict(info["tokenizer"]))
         model_config = ModelConfig.from_dict(info["model"])
     except (KeyError, TypeError, ValueError) as err:

@@ -99,7 +99,8 @@ class Trainer:
         self.model = CPTransformer(self.cfg.model_config(self.tokenizer.vocab_sizes)).to(self.device)
         self.engine = self.model
         if self.world > 1:
-            self.engine = torch.nn.parallel.DistributedDataParallel(self.model)
+            # A batch without, e.g., any Rest word leaves that head out of the loss (NaN skipped).
+            self.engine = torch.nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=True)
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
