@@ -120,6 +120,7 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--windows", type=int, default=64, help="held-out windows for the loss")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed so the numbers do not vary)")
     p.add_argument("--out", type=Path, default=Path("docs"), help="folder for EVALUATION.md and its plots")
+    p.add_argument("--loss-csv", type=Path, help="a training loss.csv to plot as <out>/loss.png")
     p.set_defaults(run=_run_evaluate)
 
 
@@ -145,6 +146,11 @@ def _run_evaluate(args) -> int:
     finally:
         torch.set_num_threads(threads)
     print(f"wrote {write_report(results, args.out)}")
+    if args.loss_csv:
+        from cwcompose.evaluation import plot_loss_curves
+
+        plot_loss_curves(args.loss_csv, args.out / "loss.png")
+        print(f"wrote {args.out / 'loss.png'}")
     return 0
 
 

@@ -375,6 +375,31 @@ def plot_nll(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+def plot_loss_curves(csv_path: str | Path, path: str | Path) -> None:
+    """Per-field train (solid) and validation (dashed) loss against the step, from ``loss.csv``."""
+    import csv
+
+    from matplotlib.figure import Figure
+
+    with Path(csv_path).open() as fh:
+        rows = list(csv.DictReader(fh))
+    steps = np.array([int(r["step"]) for r in rows])
+    fig = Figure(figsize=(14, 6.5))
+    axes = fig.subplots(2, (len(FIELDS) + 2) // 2)
+    for ax, key in zip(axes.flat, ["total", *FIELDS]):
+        for split, style in (("train", "-"), ("valid", "--")):
+            values = np.array([float(r[f"{split}_{key}"]) for r in rows])
+            ax.plot(steps, values, style, label=split)
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+    for ax in axes.flat[len(FIELDS) + 1:]:
+        ax.axis("off")
+    axes.flat[0].set_ylabel("nats per token")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
 def jsonable(value):
     """NaN -> None, recursively, so the JSON is strict."""
     if isinstance(value, dict):

@@ -112,8 +112,9 @@ class RelativeSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.append(layer, k, v)
         lk = k.size(2)
-        relative = skew(q @ self.relative_table(lk).to(q.dtype).T)
-        bias = (relative / math.sqrt(self.head_dim)).masked_fill(~causal_mask(lq, lk, x.device), float("-inf"))
+        bias = q @ self.relative_table(lk).to(q.dtype).T / math.sqrt(self.head_dim)
+        if lq > 1:  # one new query sees every cached key: no skew or mask needed
+            bias = skew(bias).masked_fill(~causal_mask(lq, lk, x.device), float("-inf"))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(b, lq, d))
