@@ -170,7 +170,9 @@ def primer_words(tokenizer: CPTokenizer, primer, keep_bars: int) -> np.ndarray:
     else:
         words = tokenizer.encode(primer, end=False)
     bar_starts = np.flatnonzero((words[:, COL["family"]] == FAMILY_METRIC) & (words[:, COL["bar_pos"]] == BAR))
-    cut = int(bar_starts[-keep_bars]) if len(bar_starts) >= keep_bars else 0
+    bars_from_here = np.cumsum(bar_increments(words)[::-1])[::-1]
+    fitting = bar_starts[bars_from_here[bar_starts] <= keep_bars]
+    cut = int(fitting[0]) if len(fitting) else 0
     tempo, chord = None, None
     for word in words[:cut]:
         if word[COL["tempo"]] >= TEMPO0:
@@ -188,12 +190,17 @@ def primer_words(tokenizer: CPTokenizer, primer, keep_bars: int) -> np.ndarray:
     return kept
 
 
+def bar_increments(words: np.ndarray) -> np.ndarray:
+    """Bars each word starts: 1 for a Bar word, k for a Rest word jumping k bars, else 0."""
+    metric = words[:, COL["family"]] == FAMILY_METRIC
+    bars = (metric & (words[:, COL["bar_pos"]] == BAR)).astype(np.int64)
+    rests = metric & (words[:, COL["bar_pos"]] == REST)
+    return np.where(rests, words[:, COL["rest"]] - VALUE0 + 1, bars)
+
+
 def count_bars(words: np.ndarray) -> int:
     """Bars spanned by words: one per Bar word plus the bars every Rest word jumps."""
-    metric = words[:, COL["family"]] == FAMILY_METRIC
-    bars = int(np.sum(metric & (words[:, COL["bar_pos"]] == BAR)))
-    rests = metric & (words[:, COL["bar_pos"]] == REST)
-    return bars + int(np.sum(words[rests, COL["rest"]] - VALUE0 + 1))
+    return int(bar_increments(words).sum())
 
 
 # ---------------------------------------------------------------- composing

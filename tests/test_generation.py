@@ -135,3 +135,16 @@ def test_sampling_config_validates_and_round_trips():
         DEFAULT_SAMPLING.with_overrides(top_p={"chord": 0.0})
     with pytest.raises(ValueError, match="unknown field"):
         DEFAULT_SAMPLING.with_overrides(temperature={"loudness": 1.0})
+
+
+def test_primer_keeps_the_last_bars_of_time_not_leading_silence():
+    tokenizer = CPTokenizer()
+    midi = miditoolkit.MidiFile(ticks_per_beat=480)
+    piano = miditoolkit.Instrument(program=0)
+    bar = 4 * 480
+    for b in (40, 41, 55, 56, 57):  # notes in bars 40-41, 13 empty bars, then bars 55-57
+        piano.notes.append(miditoolkit.Note(velocity=80, pitch=60, start=b * bar, end=b * bar + 480))
+    midi.instruments.append(piano)
+    assert count_bars(primer_words(tokenizer, midi, 2)) == 2
+    assert count_bars(primer_words(tokenizer, midi, 8)) == 3, "a rest longer than what is left is not taken"
+    assert count_bars(primer_words(tokenizer, midi, 100)) == 18, "leading silence before bar 40 is dropped"
