@@ -134,7 +134,7 @@ def result_values(outputs: dict[str, gr.Component], result) -> dict:
 def build_demo(studio: Studio) -> gr.Blocks:
     """The whole app around one Studio."""
     limits = studio.limits
-    with gr.Blocks(title="cwcompose") as demo:
+    with gr.Blocks(title="cwcompose", delete_cache=(limits.cache_seconds, limits.cache_seconds)) as demo:
         gr.Markdown(INTRO)
         status = gr.Markdown(service_status(studio), elem_id="checkpoint-status")
         with gr.Row():
@@ -286,13 +286,26 @@ def make_studio(env=os.environ) -> Studio:
     return Studio(env.get(CHECKPOINTS_ENV) or DEFAULT_CHECKPOINT_DIR)
 
 
+def launch_options(studio: Studio) -> dict:
+    """``launch()`` arguments that the app's behaviour depends on (tests launch with them too):
+    the upload cap, and Gradio's own input errors (e.g. text in a number field) shown, not hidden."""
+    return dict(max_file_size=studio.limits.upload_bytes, show_error=True)
+
+
+def launch(studio: Studio, **options) -> gr.Blocks:
+    """Build the demo around ``studio`` and start it with the app's launch options (tests and
+    benchmarks pass ``prevent_thread_lock=True`` to get it back while it serves)."""
+    demo = build_demo(studio)
+    demo.launch(**{"server_name": "127.0.0.1", "theme": gr.themes.Soft(), **launch_options(studio), **options})
+    return demo
+
+
 def main() -> None:
     studio = make_studio()
     studio.preload()
     studio.renderer.warm_up()
-    build_demo(studio).launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-                max_file_size=studio.limits.upload_bytes, theme=gr.themes.Soft())
+    launch(studio, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+           server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
 
 
 if __name__ == "__main__":

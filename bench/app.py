@@ -14,7 +14,7 @@ A background training run competes for the CPU: say so next to any figure you qu
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import sys
 import os
 import statistics
 import tempfile
@@ -24,31 +24,14 @@ from pathlib import Path
 import torch
 from gradio_client import Client, handle_file
 
-from cwcompose.checkpoints import SHIPPED_STEPS, save_checkpoint
-from cwcompose.model import CPTransformer, ModelConfig
+from cwcompose.checkpoints import SHIPPED_STEPS, fill_with_stand_ins
 from cwcompose.render import Renderer, seconds_of
-from cwcompose.tokenizer import CPTokenizer, read_midi
+from cwcompose.tokenizer import read_midi
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # app.py is a script at the root, not part of the package
+import app  # noqa: E402
 POP909 = Path(os.environ.get("CWCOMPOSE_DATA", ROOT.parent / "shared" / "data")) / "pop909"
-
-
-def checkpoint_folder(source: Path, out: Path) -> list[str]:
-    """Link the real checkpoints from ``source`` into ``out``, filling gaps with default-size
-    untrained models. Returns a line per step saying which it is."""
-    tokenizer, lines = CPTokenizer(), []
-    for step in SHIPPED_STEPS:
-        stem = source / f"step{step}"
-        if stem.with_suffix(".safetensors").is_file() and stem.with_suffix(".json").is_file():
-            for suffix in (".safetensors", ".json"):
-                (out / f"step{step}{suffix}").symlink_to(stem.with_suffix(suffix).resolve())
-            lines.append(f"step {step}: real checkpoint")
-        else:
-            torch.manual_seed(step)
-            model = CPTransformer(ModelConfig(vocab_sizes=tokenizer.vocab_sizes))
-            save_checkpoint(model, tokenizer, out / f"step{step}")
-            lines.append(f"step {step}: missing, untrained default-size stand-in")
-    return lines
 
 
 def median_seconds(call, runs: int) -> tuple[float, list[float], int]:
@@ -90,17 +73,12 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
     parser.add_argument("--primer", type=Path, default=POP909 / "001" / "001.mid")
     args = parser.parse_args()
-    spec = importlib.util.spec_from_file_location("cwcompose_app", ROOT / "app.py")
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
-
     with tempfile.TemporaryDirectory() as folder:
-        for line in checkpoint_folder(args.checkpoints, Path(folder)):
-            print(line)
+        for step, kind in fill_with_stand_ins(folder, source=args.checkpoints).items():
+            print(f"step {step}: {'real checkpoint' if kind == 'real' else 'missing, untrained default-size stand-in'}")
         studio = app.make_studio({app.CHECKPOINTS_ENV: folder})
         studio.preload()
-        demo = app.build_demo(studio)
-        demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+        demo = app.launch(studio, prevent_thread_lock=True, quiet=True)
         client = Client(demo.local_url, verbose=False)
         primer = handle_file(str(args.primer))
         compose = median_seconds(lambda seed: client.predict(

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cwcompose.model import CPTransformer, ModelConfig
@@ -85,10 +86,38 @@ def load_checkpoint(name_or_path: str | int | Path, device: str | torch.device |
     model = CPTransformer(model_config)
     try:
         model.load_state_dict(load_file(str(stem.with_suffix(".safetensors"))), strict=True)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{stem.name}.safetensors is not a readable safetensors file: {err}") from err
     except RuntimeError as err:
         raise CheckpointError(f"{stem.name}.safetensors does not match its config: {err}") from err
     device = torch.device(device) if device is not None else default_device()
     return model.to(device).eval(), tokenizer
+
+
+TINY_MODEL = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "dropout": 0.0}
+
+
+def fill_with_stand_ins(folder: str | Path, source: str | Path | None = SHIPPED_DIR, steps=SHIPPED_STEPS,
+                        model: dict | None = None) -> dict[int, str]:
+    """Give ``folder`` a checkpoint per step: real ones linked from ``source`` where they
+    exist, untrained stand-ins (ModelConfig overrides ``model``, e.g. :data:`TINY_MODEL`;
+    seeded by the step, so they differ) elsewhere. For tests and benchmarks before (or
+    without) training. Returns ``{step: "real" | "stand-in"}``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer, kinds = CPTokenizer(), {}
+    for step in steps:
+        stem = Path(source) / f"step{step}" if source is not None else None
+        if stem is not None and stem.with_suffix(".safetensors").is_file() and stem.with_suffix(".json").is_file():
+            for suffix in (".safetensors", ".json"):
+                (folder / f"step{step}{suffix}").symlink_to(stem.with_suffix(suffix).resolve())
+            kinds[step] = "real"
+        else:
+            torch.manual_seed(step)
+            config = ModelConfig(vocab_sizes=tokenizer.vocab_sizes, **(model or {}))
+            save_checkpoint(CPTransformer(config), tokenizer, folder / f"step{step}", step=step)
+            kinds[step] = "stand-in"
+    return kinds
 
 
 def default_device() -> torch.device:

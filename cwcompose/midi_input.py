@@ -20,6 +20,9 @@ from cwcompose.tokenizer import (
 )
 
 
+MAX_BARS = 20_000  # about 11 hours at 120 BPM; beyond, the words alone would take gigabytes
+
+
 def piano_notes(midi: miditoolkit.MidiFile, config: TokenizerConfig) -> list[miditoolkit.Note]:
     """All non-drum notes inside the piano range, merged from every track, sorted by onset."""
     notes = [n for inst in midi.instruments if not inst.is_drum for n in inst.notes
@@ -56,6 +59,10 @@ def score_from_midi(midi: miditoolkit.MidiFile | str | Path, config: TokenizerCo
         origin_tick -= math.ceil((origin_tick - first) / bar_ticks) * bar_ticks
     starts = np.array([n.start for n in notes], float)
     onsets = np.maximum(np.round((starts - origin_tick) / step), 0).astype(int)
+    span_bars = int(onsets.max()) // config.positions_per_bar + 1
+    if span_bars > MAX_BARS:
+        raise MidiReadError(f"the MIDI file is too long: its notes span {span_bars} bars; "
+                            f"at most {MAX_BARS} bars can be read (trim the file)")
     lengths = np.array([n.end - n.start for n in notes], float) / step
     score = Score(notes=[
         ScoreNote(int(o), n.pitch, int(d), int(v)) for o, n, d, v in zip(
@@ -101,12 +108,11 @@ def annotated_chords(chord_changes: list[tuple[float, str]], origin_tick: float,
 def estimate_chords(score: Score, config: TokenizerConfig, tokenizer) -> dict[int, int]:
     """Chords estimated from the notes every half bar -> {position: chord token} at changes."""
     window = config.positions_per_bar // 2
-    n_windows = max(n.onset for n in score.notes) // window + 1
-    weights = np.zeros((n_windows, 12))
+    weights: dict[int, np.ndarray] = {}  # only windows with notes: a sparse file must stay cheap
     for n in score.notes:
-        weights[n.onset // window, n.pitch % 12] += n.duration_class + 1
+        weights.setdefault(n.onset // window, np.zeros(12))[n.pitch % 12] += n.duration_class + 1
     chord_at, previous = {}, None
-    for w in range(n_windows):
+    for w in sorted(weights):
         root, quality = estimate_chord(weights[w], config.chord_qualities)
         if root is None:
             continue

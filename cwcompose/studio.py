@@ -61,6 +61,7 @@ class Limits:
     queue_size: int = 16  # requests waiting in the queue, at most
     concurrency: int = 1  # requests composed at the same time
     kept_results: int = 64  # result folders (MIDI files) kept on disk before the oldest is deleted
+    cache_seconds: int = 3600  # uploads and served audio/MIDI copies older than this are deleted (checked as often)
 
     def __post_init__(self) -> None:
         positive = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -385,3 +385,5 @@ def _check_header(data: bytes) -> None:
         raise MidiReadError("SMPTE time division is not supported; save the file with ticks per beat")
     if division == 0:
         raise MidiReadError("the MIDI file declares 0 ticks per beat; re-export it from your editor")
+    if int.from_bytes(data[10:12], "big") == 0:
+        raise MidiReadError("the MIDI file has no tracks; upload a file with a piano part")

@@ -2,54 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 import wave
 from pathlib import Path
 
 import miditoolkit
 import pytest
-import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from cwcompose.checkpoints import SHIPPED_STEPS, save_checkpoint
-from cwcompose.model import CPTransformer, ModelConfig
+from app_harness import launch_app, make_tiny_checkpoints
+from cwcompose.checkpoints import SHIPPED_STEPS
 from cwcompose.studio import ComposeRequest, Limits, RequestError, Stopped, Studio
-from cwcompose.tokenizer import CPTokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 TICKS_PER_BAR = 4 * 480
 RESULT_KEYS = ("audio", "plot", "midi")
-
-
-def load_app_module():
-    """app.py from the repository root (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("cwcompose_app", ROOT / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def make_tiny_checkpoints(folder: Path, steps=SHIPPED_STEPS) -> Path:
-    """Untrained 2-layer stand-ins for the shipped checkpoints, one seed each (so they differ)."""
-    tokenizer = CPTokenizer()
-    for step in steps:
-        torch.manual_seed(step)
-        model = CPTransformer(ModelConfig(vocab_sizes=tokenizer.vocab_sizes, d_model=32, n_layers=2, n_heads=2,
-                                          d_ff=64, dropout=0.0))
-        save_checkpoint(model, tokenizer, folder / f"step{step}", step=step)
-    return folder
-
-
-def launch_app(checkpoint_dir: Path):
-    """Start the app in this process on a free port -> (demo, studio)."""
-    app = load_app_module()
-    studio = app.make_studio({app.CHECKPOINTS_ENV: str(checkpoint_dir)})
-    demo = app.build_demo(studio)
-    demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True,
-                max_file_size=studio.limits.upload_bytes)
-    return demo, studio
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 
 from cwcompose.sampling import DEFAULT_SAMPLING, PRESETS
 
-from test_app import launch_app, make_tiny_checkpoints
+from app_harness import launch_app, make_tiny_checkpoints
 
 pytestmark = pytest.mark.browser
 
