@@ -14,6 +14,12 @@ def make_tiny_checkpoints(folder: Path, steps=SHIPPED_STEPS) -> Path:
     return folder
 
 
+def shipped_or_tiny_checkpoints(folder: Path) -> Path:
+    """The trained checkpoints where they are shipped, tiny stand-ins for the others."""
+    fill_with_stand_ins(folder, model=TINY_MODEL)
+    return folder
+
+
 def launch_app(checkpoint_dir: Path):
     """The app on ``checkpoint_dir``, serving on a free port -> (demo, studio)."""
     studio = app.make_studio({app.CHECKPOINTS_ENV: str(checkpoint_dir)})
