@@ -269,18 +269,7 @@ def compose(model: CPTransformer, tokenizer: CPTokenizer, *, primer=None, primer
         raise ValueError("bars and primer_bars must be at least 1")
     sampling = sampling or DEFAULT_SAMPLING
     generator = torch.Generator().manual_seed(int(seed))
-    cfg = tokenizer.config
-    start = primer_words(tokenizer, primer, primer_bars) if primer is not None else np.zeros((0, len(FIELDS)), np.int64)
-    primer_length = len(start)
-    grammar, clock = Grammar(tokenizer.vocab_sizes), MusicClock(cfg.positions_per_bar, cfg.positions_per_beat,
-                                                                tempo_classes_bpm(cfg))
-    if primer_length == 0:  # training windows start on a bar line: so does an empty piece
-        start = np.array([[FAMILY_METRIC, BAR] + [IGNORE] * (len(FIELDS) - 2)], dtype=np.int64)
-    for word in start:
-        grammar.update(word)
-        clock.advance(word)
-    if primer_length:
-        grammar.previous = "primer"
+    start, primer_length, grammar, clock = _opening(tokenizer, primer, primer_bars)
     decoder = IncrementalDecoder(model)
     h = decoder.prefill(start)
     words, bars_done, stopped = list(start), (0 if primer_length else 1), False
@@ -303,6 +292,24 @@ def compose(model: CPTransformer, tokenizer: CPTokenizer, *, primer=None, primer
         bars_done += new_bars
         h = decoder.step(word)
     return _finish(tokenizer, np.stack(words), primer_length, bars_done, seed, stopped, count_bars(start[:primer_length]))
+
+
+def _opening(tokenizer: CPTokenizer, primer, primer_bars: int) -> tuple[np.ndarray, int, Grammar, MusicClock]:
+    """The words a piece starts from (the primer's last bars, or one bar line), how many
+    came from the primer, and the grammar and clock advanced past them."""
+    cfg = tokenizer.config
+    start = primer_words(tokenizer, primer, primer_bars) if primer is not None else np.zeros((0, len(FIELDS)), np.int64)
+    primer_length = len(start)
+    if primer_length == 0:  # training windows start on a bar line: so does an empty piece
+        start = np.array([[FAMILY_METRIC, BAR] + [IGNORE] * (len(FIELDS) - 2)], dtype=np.int64)
+    grammar = Grammar(tokenizer.vocab_sizes)
+    clock = MusicClock(cfg.positions_per_bar, cfg.positions_per_beat, tempo_classes_bpm(cfg))
+    for word in start:
+        grammar.update(word)
+        clock.advance(word)
+    if primer_length:
+        grammar.previous = "primer"
+    return start, primer_length, grammar, clock
 
 
 def _finish(tokenizer: CPTokenizer, words: np.ndarray, primer_length: int, bars_done: int, seed: int,
