@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test run bench clean-venv
+.PHONY: setup test run bench train clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ test: $(VENV)/.installed
 
 run: setup
 	$(BIN)/python app.py
+
+# Train the shipped checkpoints on POP909, resuming from the committed state in training/pop909
+# (stop with Ctrl-C at any time: the state is saved). New exports are copied to checkpoints/.
+POP909 ?= ../shared/data/pop909
+train: $(VENV)/.installed
+	@test -f data/pop909/index.json || $(BIN)/cwcompose prepare $(POP909) data/pop909
+	$(BIN)/cwcompose train --data data/pop909 --out training/pop909 --resume
+	@for f in training/pop909/step*.safetensors; do [ -f "$$f" ] && cp -n "$$f" "$${f%.safetensors}.json" checkpoints/; done; true
 
 bench: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[bench]'
