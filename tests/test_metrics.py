@@ -282,3 +282,6 @@ def test_verdict_follows_the_numbers():
     text = verdict(results(changes))
     assert "holds only in part (5 of its 6 parts supported)" in text
     assert '"lacking variation: more repeated bars": repeated bars 0.1 against 0.1' in text
+    del changes[80000]
+    text = verdict(results(changes))
+    assert text.startswith("Step 80000 was not evaluated") and "holds." in text and "lacking variation" not in text
