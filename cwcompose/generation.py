@@ -16,13 +16,14 @@ import numpy as np
 import torch
 
 from cwcompose.model import CPTransformer
+from cwcompose.render import ticks_to_seconds
 from cwcompose.sampling import DEFAULT_SAMPLING, SamplingConfig, sample_token
 from cwcompose.tokenizer import (
+    COL,
     BAR, CHORD_NONE, CONTI, FAMILY_END, FAMILY_METRIC, FAMILY_NOTE, FIELDS, IGNORE, POS0, REST, TEMPO0,
     VALUE0, CPTokenizer, tempo_classes_bpm,
 )
 
-COL = {f: i for i, f in enumerate(FIELDS)}
 MAX_NOTES_PER_ONSET = 16  # a chord of more notes than fingers means the model is stuck
 MAX_WORDS_PER_BAR = 32 * (MAX_NOTES_PER_ONSET + 1) + 2
 
@@ -317,7 +318,7 @@ def _finish(tokenizer: CPTokenizer, words: np.ndarray, primer_length: int, bars_
     midi = tokenizer.decode(words)
     primer_notes = tokenizer.decode(words[:primer_length]).instruments[0].notes if primer_length else []
     primer_end_tick = max((n.start for n in primer_notes), default=-1) + 1
-    seconds = float(midi.get_tick_to_time_mapping()[-1]) if midi.max_tick else 0.0
+    seconds = float(ticks_to_seconds(np.array([midi.max_tick]), midi)[0])
     return Composition(words=words, primer_length=primer_length, midi=midi, primer_end_tick=primer_end_tick,
                        primer_bars=primer_bars, bars=bars_done, seconds=seconds, seed=int(seed), stopped_early=stopped)
 

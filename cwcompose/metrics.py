@@ -21,11 +21,11 @@ import miditoolkit
 import numpy as np
 
 from cwcompose.tokenizer import (
+    COL,
     BAR, FAMILY_END, FAMILY_METRIC, FAMILY_NOTE, FIELDS, NOTE_FIELDS, PITCH_CLASSES, POS0, REST, VALUE0,
     Score, TokenizerConfig, duration_classes,
 )
 
-COL = {f: i for i, f in enumerate(FIELDS)}
 SPAN_BARS = 4  # length of the spans that the copying metric looks up
 
 # Krumhansl & Kessler (1982) probe-tone profiles, tonic first.

@@ -36,6 +36,7 @@ from cwcompose.jsonconfig import JsonConfig
 PAD, IGNORE = 0, 1
 SPECIALS = ("Pad", "Ignore")
 FIELDS = ("family", "bar_pos", "tempo", "chord", "rest", "pitch", "duration", "velocity")
+COL = {f: i for i, f in enumerate(FIELDS)}  # field name -> column of a word array
 METRIC_FIELDS = ("bar_pos", "tempo", "chord", "rest")
 NOTE_FIELDS = ("pitch", "duration", "velocity")
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -292,29 +293,28 @@ class CPTokenizer:
         ppbar = self.config.positions_per_bar
         score = Score(notes=[])
         bar, onset = -1, None
-        col = {f: i for i, f in enumerate(FIELDS)}
         for word in np.asarray(words, dtype=np.int64).reshape(-1, len(FIELDS)):
-            family = word[col["family"]]
+            family = word[COL["family"]]
             if family == FAMILY_END:
                 break
             if family == FAMILY_METRIC:
-                bar_pos = word[col["bar_pos"]]
+                bar_pos = word[COL["bar_pos"]]
                 if bar_pos == BAR:
                     bar, onset = bar + 1, None
-                elif bar_pos == REST and word[col["rest"]] >= VALUE0:
-                    bar, onset = bar + word[col["rest"]] - VALUE0 + 1, None
+                elif bar_pos == REST and word[COL["rest"]] >= VALUE0:
+                    bar, onset = bar + word[COL["rest"]] - VALUE0 + 1, None
                 elif bar_pos >= POS0:
                     onset = int(max(bar, 0) * ppbar + bar_pos - POS0)
-                    if word[col["tempo"]] >= TEMPO0:
-                        score.tempo_at[onset] = int(word[col["tempo"]] - TEMPO0)
-                    if word[col["chord"]] >= CHORD_NONE:
-                        score.chord_at[onset] = int(word[col["chord"]])
-            elif family == FAMILY_NOTE and onset is not None and all(word[col[f]] >= VALUE0 for f in NOTE_FIELDS):
+                    if word[COL["tempo"]] >= TEMPO0:
+                        score.tempo_at[onset] = int(word[COL["tempo"]] - TEMPO0)
+                    if word[COL["chord"]] >= CHORD_NONE:
+                        score.chord_at[onset] = int(word[COL["chord"]])
+            elif family == FAMILY_NOTE and onset is not None and all(word[COL[f]] >= VALUE0 for f in NOTE_FIELDS):
                 score.notes.append(ScoreNote(
                     onset=onset,
-                    pitch=int(word[col["pitch"]] - VALUE0 + self.config.pitch_min),
-                    duration_class=int(word[col["duration"]] - VALUE0),
-                    velocity_class=int(word[col["velocity"]] - VALUE0),
+                    pitch=int(word[COL["pitch"]] - VALUE0 + self.config.pitch_min),
+                    duration_class=int(word[COL["duration"]] - VALUE0),
+                    velocity_class=int(word[COL["velocity"]] - VALUE0),
                 ))
         return score
 
