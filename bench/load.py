@@ -22,8 +22,8 @@ say which. A background training run competes for the CPU: say so next to any fi
 from __future__ import annotations
 
 import argparse
-import sys
 import os
+import sys
 import resource
 import shutil
 import statistics
@@ -162,7 +162,7 @@ def percentile(values: list[float], q: float) -> float:
 # ---------------------------------------------------------------- main
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--requests", type=int, default=5, help="requests per user")
@@ -170,8 +170,57 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
     parser.add_argument("--stand-ins", choices=("tiny", "default"), default="tiny",
                         help="size of the untrained models that replace missing checkpoints")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def make_users(count: int) -> list[User]:
+    """``count`` users cycling through the checkpoints; even users bring a POP909 primer."""
+    songs = [POP909 / s / f"{s}.mid" for s in PRIMER_SONGS if (POP909 / s / f"{s}.mid").is_file()]
+    if not songs:
+        print("POP909 not found: no user brings a primer")
+    return [User(index=u, seed=1000 + 7 * u, checkpoint=SHIPPED_STEPS[u % len(SHIPPED_STEPS)],
+                 primer=songs[(u // 2) % len(songs)] if songs and u % 2 == 0 else None)
+            for u in range(count)]
+
+
+def run_users(users: list[User], url: str, args: argparse.Namespace, downloads: Path) -> float:
+    """All users at once, each in its own thread -> wall-clock seconds."""
+    start = threading.Barrier(len(users))
+    threads = [threading.Thread(target=run_user, args=(u, url, args.requests, args.bars, start, downloads))
+               for u in users]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - began
+
+
+def report(users: list[User], studio, gradio_cache: Path, wall: float, rss_idle: float) -> bool:
+    """Print errors, latencies, memory and files left behind -> whether every check passed."""
+    errors = [e for u in users for e in u.errors]
+    problems = own_results_problems(users)
+    print(f"\nwall {wall:.1f} s for {sum(len(t) for u in users for t in u.latencies.values())} answered "
+          f"requests; errors: {len(errors)}")
+    for e in errors:
+        print("  ", e)
+    for endpoint in ("/compose", "/compare"):
+        times = [t for u in users for t in u.latencies[endpoint]]
+        if times:
+            print(f"{endpoint:9s} n={len(times):3d}  p50 {statistics.median(times):6.2f} s  "
+                  f"p95 {percentile(times, 0.95):6.2f} s  max {max(times):6.2f} s")
+    print(f"peak RSS {peak_rss_mb():.0f} MB (after startup {rss_idle:.0f} MB; server and clients, one process)")
+    print(f"files: studio work dir {count_files(studio._workdir)} (kept at most {studio.limits.kept_results} "
+          f"results), Gradio cache {count_files(gradio_cache)} (uploads + served audio/MIDI, deleted after "
+          f"{studio.limits.cache_seconds} s)")
+    print("own results:", "OK" if not problems else "FAILED")
+    for p in problems:
+        print("  ", p)
+    return not errors and not problems
+
+
+def main() -> None:
+    args = parse_args()
     work = Path(tempfile.mkdtemp(prefix="cwcompose-load-"))
     os.environ["GRADIO_TEMP_DIR"] = str(work / "gradio")  # the app's upload/result cache, counted below
     model = TINY_MODEL if args.stand_ins == "tiny" else None
@@ -180,42 +229,12 @@ def main() -> None:
     demo, studio = launch(work / "ckpt")
     try:
         rss_idle = peak_rss_mb()
-        songs = [POP909 / s / f"{s}.mid" for s in PRIMER_SONGS if (POP909 / s / f"{s}.mid").is_file()]
-        users = [User(index=u, seed=1000 + 7 * u, checkpoint=SHIPPED_STEPS[u % len(SHIPPED_STEPS)],
-                      primer=songs[(u // 2) % len(songs)] if songs and u % 2 == 0 else None)
-                 for u in range(args.users)]
-        print(f"{args.users} users x {args.requests} requests, {args.bars} bars each, primers: "
-              f"{'POP909 for even users, none for odd' if songs else 'none (POP909 not found)'}; "
+        users = make_users(args.users)
+        print(f"{args.users} users x {args.requests} requests, {args.bars} bars each, primers for even users; "
               f"queue concurrency {studio.limits.concurrency}, torch threads {torch.get_num_threads()}")
-
-        start = threading.Barrier(args.users)
-        threads = [threading.Thread(target=run_user, args=(u, demo.local_url, args.requests, args.bars, start,
-                                                           work / "downloads")) for u in users]
-        began = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - began
-
-        errors = [e for u in users for e in u.errors]
-        problems = own_results_problems(users)
-        print(f"\nwall {wall:.1f} s for {args.users * args.requests} requests; errors: {len(errors)}")
-        for e in errors:
-            print("  ", e)
-        for endpoint in ("/compose", "/compare"):
-            times = [t for u in users for t in u.latencies[endpoint]]
-            if times:
-                print(f"{endpoint:9s} n={len(times):3d}  p50 {statistics.median(times):6.2f} s  "
-                      f"p95 {percentile(times, 0.95):6.2f} s  max {max(times):6.2f} s")
-        print(f"peak RSS {peak_rss_mb():.0f} MB (after startup {rss_idle:.0f} MB; server and clients, one process)")
-        print(f"files: studio work dir {count_files(studio._workdir)} (kept at most {studio.limits.kept_results} "
-              f"results), Gradio cache {count_files(work / 'gradio')} (uploads + served audio/MIDI, deleted after "
-              f"{studio.limits.cache_seconds} s)")
-        print("own results:", "OK" if not problems else "FAILED")
-        for p in problems:
-            print("  ", p)
-        raise SystemExit(1 if errors or problems else 0)
+        wall = run_users(users, demo.local_url, args, work / "downloads")
+        passed = report(users, studio, work / "gradio", wall, rss_idle)
+        raise SystemExit(0 if passed else 1)
     finally:
         demo.close()
         studio.close()
