@@ -14,8 +14,8 @@ from cwcompose.tokenizer import CPTokenizer
 SHIPPED = [s for s in SHIPPED_STEPS if (SHIPPED_DIR / f"step{s}.safetensors").exists()]
 
 
-def test_at_least_one_checkpoint_is_shipped():
-    assert SHIPPED, f"no step*.safetensors in {SHIPPED_DIR}"
+def test_every_shipped_step_is_committed():
+    assert SHIPPED == list(SHIPPED_STEPS), f"missing from {SHIPPED_DIR}: {sorted(set(SHIPPED_STEPS) - set(SHIPPED))}"
 
 
 @pytest.mark.parametrize("step", SHIPPED)
