@@ -22,7 +22,9 @@ from cwcompose.tokenizer import FIELDS, MidiReadError
 
 CHECKPOINTS_ENV = "CWCOMPOSE_CHECKPOINTS"
 DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
-CHECKPOINT_NOTES = {10000: "light, often off-key", 28500: "the author's favourite", 80000: "over-fitted, less varied"}
+# The original author's impressions; docs/EVALUATION.md measures how far they hold here.
+CHECKPOINT_NOTES = {10000: "author: too light, off-key", 28500: "author: just right",
+                    80000: "author: lacks variation"}
 FIELD_GROUPS = {
     "Rhythm & structure": ("bar_pos", "rest"),
     "Harmony & tempo": ("chord", "tempo"),
@@ -36,7 +38,8 @@ SAMPLING_HELP = ("**Sampling, field by field.** Temperature: 0 always picks the 
 INTRO = """# cwcompose
 Continue a piano piece (or start from nothing) with a Compound Word Transformer trained on POP909.
 Upload a MIDI primer, pick a checkpoint, shape each musical field with its own temperature and top-p,
-and listen. **Compare** plays the same primer and seed through all three checkpoints."""
+and listen. **Compare** plays the same primer and seed through all three checkpoints; the notes beside
+them are the original author's impressions, and `docs/EVALUATION.md` in the repository measures them."""
 
 
 def gpu(seconds: float):

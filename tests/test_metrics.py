@@ -272,12 +272,24 @@ def test_verdict_follows_the_numbers():
     def summary(values):
         return {m: {"mean": v, "sem": 0.01, "std": 0.1, "n": 8} for m, v in values.items()}
 
+    def pieces(values):  # 8 pieces per condition, spread +-0.01 around the means
+        return [{m: v + (0.01 if i % 2 else -0.01) for m, v in values.items()} for i in range(8)]
+
+    nll = {10000: {"total": 1.2, "pitch": 1.6}, 28500: {"total": 1.0, "pitch": 1.5}, 80000: {"total": 1.1, "pitch": 1.4}}
+
     def results(changes):
         return {"config": {"seeds": 8}, "real": {"summary": summary(reference)},
-                "checkpoints": [{"step": s, "label": f"step{s}", "summary": {"pooled": summary({**reference, **c})}}
+                "checkpoints": [{"step": s, "label": f"step{s}", "nll": nll[s],
+                                 "summary": {"pooled": summary({**reference, **c})},
+                                 "pieces": dict.fromkeys(("unconditioned", "primed"), pieces({**reference, **c}))}
                                 for s, c in changes.items()]}
 
-    assert "observation holds." in verdict(results(changes))
+    text = verdict(results(changes))
+    assert "observation holds." in text and "closest in 1000 bootstrap resamples of the pieces is 0% step 10000, 100% step 28500" in text
+    assert "Step 80000 is higher than step 28500 (lower in only 1 of 1 fields), as over-fitting would make it." in text
+    a_hair_apart = {**changes, 80000: {"pitch_range": 40.001}}  # far less than the spread of the pieces
+    assert "so, counting it only at 95%, this part is in that direction but within noise." in verdict(
+        results(a_hair_apart))
     changes[80000]["repetition"] = 0.1
     text = verdict(results(changes))
     assert "holds only in part (5 of its 6 parts supported)" in text
