@@ -128,7 +128,8 @@ def _run_evaluate(args) -> int:
     import torch
 
     from cwcompose.checkpoints import CheckpointError
-    from cwcompose.evaluation import EvalConfig, EvaluationError, default_checkpoints, evaluate, write_report
+    from cwcompose.evaluation import EvalConfig, EvaluationError, default_checkpoints, evaluate
+    from cwcompose.report import write_report
 
     checkpoints = args.checkpoints or default_checkpoints()
     if not checkpoints:
@@ -147,7 +148,7 @@ def _run_evaluate(args) -> int:
         torch.set_num_threads(threads)
     print(f"wrote {write_report(results, args.out)}")
     if args.loss_csv:
-        from cwcompose.evaluation import plot_loss_curves
+        from cwcompose.report import plot_loss_curves
 
         plot_loss_curves(args.loss_csv, args.out / "loss.png")
         print(f"wrote {args.out / 'loss.png'}")

@@ -3,13 +3,13 @@
 For every checkpoint: the per-field negative log-likelihood of held-out (test-split)
 songs, and the metrics of :mod:`cwcompose.metrics` on pieces composed with fixed
 seeds, both from nothing and continuing the first bars of held-out songs, beside the
-same metrics on excerpts of those songs. Writes ``EVALUATION.md``, ``evaluation.json``
-and two plots; the same checkpoints, data and seeds give the same numbers.
+same metrics on excerpts of those songs. How differently the pieces of different
+seeds come out (their variety) is measured on the pieces from nothing. The same
+checkpoints, data and seeds give the same numbers; :mod:`cwcompose.report` writes them up.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -26,8 +26,8 @@ from cwcompose.data import TokenDataset
 from cwcompose.generation import compose
 from cwcompose.jsonconfig import JsonConfig
 from cwcompose.metrics import (
-    METRIC_LABELS, GridNotes, PieceMetrics, SpanIndex, build_span_index, excerpt, grid_notes_from_words,
-    piece_metrics,
+    METRIC_LABELS, VARIETY_HISTOGRAMS, VARIETY_LABELS, GridNotes, PieceMetrics, SpanIndex, build_span_index,
+    excerpt, grid_notes_from_words, piece_metrics, variety,
 )
 from cwcompose.model import CPTransformer
 from cwcompose.sampling import DEFAULT_SAMPLING
@@ -159,6 +159,11 @@ def measure(pieces: list[GridNotes], tokenizer: CPTokenizer, index: SpanIndex) -
     return [piece_metrics(p, tokenizer.config, index=index) for p in pieces]
 
 
+def measure_variety(pieces: list[GridNotes]) -> dict[str, dict[str, float]]:
+    """Every variety of ``pieces`` (see :data:`VARIETY_LABELS`): mean pairwise distance ± sem."""
+    return {name: variety(pieces, histogram) for name, histogram in VARIETY_HISTOGRAMS.items()}
+
+
 # ---------------------------------------------------------------- the whole evaluation
 
 
@@ -177,11 +182,12 @@ def evaluate(checkpoints: list[str], data_dir: str | Path, cfg: EvalConfig, spli
     tokenizer = CPTokenizer(held_out.tokenizer_config)
     index = build_span_index(train_set.songs, tokenizer.config)
     primers = [primer_midi(s, tokenizer, cfg.primer_bars) for s in held_out.songs]
-    real = measure(real_excerpts(held_out.songs, tokenizer, cfg.primer_bars, cfg.bars), tokenizer, index)
+    excerpts = real_excerpts(held_out.songs, tokenizer, cfg.primer_bars, cfg.bars)
+    real = measure(excerpts, tokenizer, index)
     results = {
         "config": cfg.to_dict(), "data": str(data_dir), "split": split, "held_out_songs": len(held_out.songs),
         "index": {"songs": index.songs, "spans": int(len(index.hashes))},
-        "real": {"pieces": [m.as_dict() for m in real], "summary": summarise(real)},
+        "real": {"pieces": [m.as_dict() for m in real], "summary": summarise(real), "variety": measure_variety(excerpts)},
         "checkpoints": [],
     }
     for name in checkpoints:
@@ -196,6 +202,8 @@ def evaluate(checkpoints: list[str], data_dir: str | Path, cfg: EvalConfig, spli
             metrics = measure(pieces, tokenizer, index)
             entry["pieces"][condition] = [m.as_dict() for m in metrics]
             entry["summary"][condition] = summarise(metrics)
+            if condition == "unconditioned":  # primed pieces vary with their primers, not only their seeds
+                entry["variety"] = measure_variety(pieces)
         entry["summary"]["pooled"] = summarise([PieceMetrics(**d) for c in CONDITIONS for d in entry["pieces"][c]])
         results["checkpoints"].append(entry)
     return results
@@ -210,7 +218,10 @@ CLAIMS = {
     "lacking variation: more repeated bars": (80000, "repetition", +1),
     "lacking variation: more copying from training songs": (80000, "copying", +1),
     "lacking variation: lower 4-bar pitch-class entropy": (80000, "h4", -1),
+    "lacking variation: pieces of different seeds more alike in pitch classes": (80000, "pitch_classes", -1),
+    "lacking variation: pieces of different seeds more alike in rhythm": (80000, "rhythm", -1),
 }
+LABELS = {**METRIC_LABELS, **VARIETY_LABELS}
 REFERENCE_STEP = 28500
 
 
@@ -260,13 +271,19 @@ def closest_shares(by_step: dict, real: dict, resamples: int = BOOTSTRAP_RESAMPL
     return {step: count / resamples for step, count in wins.items()}
 
 
+def claim_stat(entry: dict, metric: str) -> dict:
+    """A checkpoint's (or the real songs') mean ± sem of a metric (both conditions) or a variety."""
+    return entry["variety"][metric] if metric in VARIETY_LABELS else entry["summary"]["pooled"][metric]
+
+
 def claim_sentence(words: str, by_step: dict, real: dict) -> tuple[str, bool]:
     """One of the author's words checked against step 28500: (sentence, supported?)."""
     step, metric, direction = CLAIMS[words]
-    a, b = by_step[step]["summary"]["pooled"][metric], by_step[REFERENCE_STEP]["summary"]["pooled"][metric]
+    a, b = claim_stat(by_step[step], metric), claim_stat(by_step[REFERENCE_STEP], metric)
+    real_mean = real["variety"][metric]["mean"] if metric in VARIETY_LABELS else real["summary"][metric]["mean"]
     outcome = compare(a, b, direction)
-    return (f'Step {step} "{words}": {METRIC_LABELS[metric]} {a["mean"]:.3g} against {b["mean"]:.3g} at step '
-            f'{REFERENCE_STEP} (real songs {real[metric]["mean"]:.3g}), {outcome}.'), outcome == "supported"
+    return (f'Step {step} "{words}": {LABELS[metric]} {a["mean"]:.3g} against {b["mean"]:.3g} at step '
+            f'{REFERENCE_STEP} (real songs {real_mean:.3g}), {outcome}.'), outcome == "supported"
 
 
 def just_right_sentence(by_step: dict, real: dict) -> tuple[str, bool]:
@@ -317,8 +334,9 @@ def verdict(results: dict) -> str:
         evaluated = ", ".join(e["label"] for e in results["checkpoints"])
         return ("The author's observation compares steps 10000, 28500 and 80000; "
                 f"this run evaluated {evaluated}, so it is not tested here.")
-    real = results["real"]["summary"]
-    checks = [claim_sentence(words, by_step, real) for words in claims] + [just_right_sentence(by_step, real)]
+    real = results["real"]
+    checks = ([claim_sentence(words, by_step, real) for words in claims]
+              + [just_right_sentence(by_step, real["summary"])])
     held = sum(supported for _, supported in checks)
     overall = ("holds" if held == len(checks) else "does not hold" if held == 0
                else f"holds only in part ({held} of its {len(checks)} parts supported)")
@@ -328,155 +346,3 @@ def verdict(results: dict) -> str:
     return (f"{scope}Pooling both conditions ({2 * results['config']['seeds']} pieces per checkpoint) and calling "
             f"a difference supported only beyond {SEM_MARGIN:g} standard errors, the author's observation "
             f"{overall}. " + " ".join(sentence for sentence, _ in checks) + " " + likelihood_sentence(by_step))
-
-
-# ---------------------------------------------------------------- report
-
-DIGITS = {"h1": 2, "h4": 2, "groove_similarity": 3, "out_of_key": 3, "note_density": 1, "polyphony": 2,
-          "pitch_range": 1, "repetition": 2, "longest_repeat": 1, "copying": 2}
-
-
-def format_stat(stat: dict, digits: int) -> str:
-    """``mean ± sem`` or ``-`` when the metric has no values."""
-    if math.isnan(stat["mean"]):
-        return "-"
-    return f"{stat['mean']:.{digits}f}" + ("" if math.isnan(stat["sem"]) else f" ± {stat['sem']:.{digits}f}")
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
-def metrics_table(results: dict, condition: str) -> str:
-    rows = [[e["label"]] + [format_stat(e["summary"][condition][m], DIGITS[m]) for m in METRIC_LABELS]
-            for e in results["checkpoints"]]
-    rows.append([f"real excerpts ({len(results['real']['pieces'])})"]
-                + [format_stat(results["real"]["summary"][m], DIGITS[m]) for m in METRIC_LABELS])
-    return markdown_table(["pieces"] + list(METRIC_LABELS.values()), rows)
-
-
-def nll_table(results: dict) -> str:
-    keys = ["total", *FIELDS]
-    rows = [[e["label"]] + [f"{e['nll'][k]:.3f}" if k in e["nll"] else "-" for k in keys]
-            for e in results["checkpoints"]]
-    return markdown_table(["checkpoint"] + keys, rows)
-
-
-def markdown_report(results: dict) -> str:
-    cfg = results["config"]
-    checkpoints = " ".join(e["label"] for e in results["checkpoints"])
-    parts = [
-        "# Evaluation of the checkpoints",
-        f"Generated by `cwcompose evaluate` (checkpoints {checkpoints}; data `{results['data']}`, "
-        f"{results['held_out_songs']} {results['split']} songs; seeds 0-{cfg['seeds'] - 1}; {cfg['bars']} bars; "
-        f"primers of {cfg['primer_bars']} bars; default sampling). Do not edit by hand: rerun the command.",
-        "## Held-out loss",
-        f"Negative log-likelihood of the {results['split']} songs, nats per predicted token of each field "
-        f"({cfg['nll_windows']} fixed windows starting at bar lines; total = mean over fields).",
-        nll_table(results),
-        "## Music",
-        "Mean ± standard error over pieces. Metrics (`cwcompose/metrics.py`): H1/H4 pitch-class entropy "
-        "over 1/4-bar windows; GS grooving-pattern similarity; out-of-key share of notes against the "
-        "Krumhansl-Schmuckler key; notes per bar; polyphony (notes sounding per onset); pitch range in "
-        "semitones; share of bars repeating an earlier bar exactly; longest run of bars repeating an "
-        f"earlier run; share of 4-bar spans found verbatim in the {results['index']['songs']} training songs.",
-    ]
-    real_bars = f"bars {cfg['primer_bars'] + 1}-{cfg['primer_bars'] + cfg['bars']}"
-    for condition, words in CONDITIONS.items():
-        parts += [f"### {condition.capitalize()}: {cfg['seeds']} pieces {words}",
-                  f"Real excerpts: {real_bars} of every {results['split']} song (the bars that follow the primers).",
-                  metrics_table(results, condition)]
-    parts += ["## Does the author's observation hold?", verdict(results),
-              "![Metrics per checkpoint](eval_metrics.png)", "![Held-out loss per field](eval_nll.png)"]
-    return "\n\n".join(parts) + "\n"
-
-
-# ---------------------------------------------------------------- plots and files
-
-
-def plot_metrics(results: dict, path: Path) -> None:
-    """One panel per metric: a bar per checkpoint and condition (± sem), real songs dashed."""
-    from matplotlib.figure import Figure
-
-    labels = [e["label"] for e in results["checkpoints"]]
-    x, width = np.arange(len(labels)), 0.8 / len(CONDITIONS)
-    fig = Figure(figsize=(16, 6.5))
-    axes = fig.subplots(2, (len(METRIC_LABELS) + 1) // 2)
-    for ax, metric in zip(axes.flat, METRIC_LABELS):
-        for k, condition in enumerate(CONDITIONS):
-            stats = [e["summary"][condition][metric] for e in results["checkpoints"]]
-            ax.bar(x + (k - (len(CONDITIONS) - 1) / 2) * width, [s["mean"] for s in stats], width,
-                   yerr=np.nan_to_num([s["sem"] for s in stats]), capsize=3, label=condition)
-        ax.axhline(results["real"]["summary"][metric]["mean"], color="black", linestyle="--", linewidth=1,
-                   label="real excerpts")
-        ax.set_title(METRIC_LABELS[metric], fontsize=10)
-        ax.set_xticks(x, labels, fontsize=8)
-    axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-
-
-def plot_nll(results: dict, path: Path) -> None:
-    """Held-out NLL per field, one bar per checkpoint."""
-    from matplotlib.figure import Figure
-
-    keys = ["total", *FIELDS]
-    x, width = np.arange(len(keys)), 0.8 / max(len(results["checkpoints"]), 1)
-    fig = Figure(figsize=(10, 4))
-    ax = fig.subplots()
-    for k, entry in enumerate(results["checkpoints"]):
-        offset = (k - (len(results["checkpoints"]) - 1) / 2) * width
-        ax.bar(x + offset, [entry["nll"].get(key, np.nan) for key in keys], width, label=entry["label"])
-    ax.set_xticks(x, keys)
-    ax.set_ylabel("nats per token")
-    ax.set_title("Held-out negative log-likelihood per field")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-
-
-def plot_loss_curves(csv_path: str | Path, path: str | Path) -> None:
-    """Per-field train (solid) and validation (dashed) loss against the step, from ``loss.csv``."""
-    import csv
-
-    from matplotlib.figure import Figure
-
-    with Path(csv_path).open() as fh:
-        rows = list(csv.DictReader(fh))
-    steps = np.array([int(r["step"]) for r in rows])
-    fig = Figure(figsize=(14, 6.5))
-    axes = fig.subplots(2, (len(FIELDS) + 2) // 2)
-    for ax, key in zip(axes.flat, ["total", *FIELDS]):
-        for split, style in (("train", "-"), ("valid", "--")):
-            values = np.array([float(r[f"{split}_{key}"]) for r in rows])
-            ax.plot(steps, values, style, label=split)
-        ax.set_title(key, fontsize=10)
-        ax.set_xlabel("step", fontsize=8)
-    for ax in axes.flat[len(FIELDS) + 1:]:
-        ax.axis("off")
-    axes.flat[0].set_ylabel("nats per token")
-    axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-
-
-def jsonable(value):
-    """NaN -> None, recursively, so the JSON is strict."""
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [jsonable(v) for v in value]
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
-def write_report(results: dict, out_dir: str | Path) -> Path:
-    """``EVALUATION.md``, ``evaluation.json``, ``eval_metrics.png`` and ``eval_nll.png`` in ``out_dir``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "evaluation.json").write_text(json.dumps(jsonable(results), indent=1) + "\n")
-    plot_metrics(results, out_dir / "eval_metrics.png")
-    plot_nll(results, out_dir / "eval_nll.png")
-    report = out_dir / "EVALUATION.md"
-    report.write_text(markdown_report(results))
-    return report

@@ -297,6 +297,48 @@ def copy_share(notes: GridNotes, index: SpanIndex) -> float:
     return float(np.isin(spans, index.hashes).mean()) if len(spans) else math.nan
 
 
+# ---------------------------------------------------------------- variety across pieces
+
+
+def pitch_class_histogram(notes: GridNotes) -> np.ndarray:
+    """Share of the note onsets on each of the 12 pitch classes (all zero without notes)."""
+    counts = np.bincount(notes.pitch % 12, minlength=12).astype(float)
+    return counts / max(counts.sum(), 1.0)
+
+
+def onset_position_histogram(notes: GridNotes) -> np.ndarray:
+    """Share of the note onsets at each position of the bar (``positions_per_bar`` bins)."""
+    counts = np.bincount(notes.onset % notes.positions_per_bar, minlength=notes.positions_per_bar).astype(float)
+    return counts / max(counts.sum(), 1.0)
+
+
+VARIETY_HISTOGRAMS = {"pitch_classes": pitch_class_histogram, "rhythm": onset_position_histogram}
+VARIETY_LABELS = {"pitch_classes": "pitch-class variety", "rhythm": "rhythm variety"}
+
+
+def mean_pairwise_distance(histograms: np.ndarray) -> float:
+    """Mean total-variation distance over all pairs of rows of ``histograms`` (pieces, bins):
+    0 when every piece uses the bins alike, 1 when no two share any; NaN below 2 rows."""
+    n = len(histograms)
+    if n < 2:
+        return math.nan
+    distances = 0.5 * np.abs(histograms[:, None, :] - histograms[None, :, :]).sum(-1)
+    return float(distances[np.triu_indices(n, k=1)].mean())
+
+
+def variety(pieces: list[GridNotes], histogram) -> dict[str, float]:
+    """How differently ``pieces`` use ``histogram``'s bins: the mean pairwise distance, with a
+    leave-one-piece-out (jackknife) standard error; pieces without notes are left out."""
+    rows = np.array([histogram(p) for p in pieces if len(p.onset)])
+    n = len(rows)
+    mean = mean_pairwise_distance(rows)
+    if n < 3:
+        return {"mean": mean, "sem": math.nan, "n": n}
+    left_out = np.array([mean_pairwise_distance(np.delete(rows, i, axis=0)) for i in range(n)])
+    sem = math.sqrt((n - 1) / n * ((left_out - left_out.mean()) ** 2).sum())
+    return {"mean": mean, "sem": sem, "n": n}
+
+
 # ---------------------------------------------------------------- all together
 
 

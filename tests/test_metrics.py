@@ -12,8 +12,8 @@ import torch
 from cwcompose.metrics import (
     METRIC_LABELS, build_span_index, copy_share, estimate_key, excerpt, grid_notes_from_midi,
     grid_notes_from_score, grid_notes_from_words, groove_similarity, longest_repeated_run, make_grid_notes,
-    note_density, out_of_key_ratio, piece_metrics, pitch_class_entropy, pitch_range, polyphony,
-    repetition_share,
+    mean_pairwise_distance, note_density, onset_position_histogram, out_of_key_ratio, piece_metrics,
+    pitch_class_entropy, pitch_class_histogram, pitch_range, polyphony, repetition_share, variety,
 )
 from cwcompose.tokenizer import (
     BAR, FAMILY_METRIC, FAMILY_NOTE, FIELDS, IGNORE, POS0, VALUE0, CPTokenizer, Score, ScoreNote, TokenizerConfig,
@@ -188,6 +188,33 @@ def test_piece_metrics_bundles_every_metric():
     assert values["out_of_key"] == 0.0 and math.isnan(values["copying"])
 
 
+def test_pieces_in_disjoint_keys_have_pitch_class_variety_one_and_copies_zero():
+    c_major, f_sharp_pentatonic = piece(melody(C_MAJOR_SCALE)), piece(melody((66, 68, 70, 73, 75)))
+    assert pitch_class_histogram(c_major)[[0, 2, 4, 5, 7, 9, 11]] == pytest.approx([2 / 8, *[1 / 8] * 6])
+    assert variety([c_major, f_sharp_pentatonic], pitch_class_histogram)["mean"] == pytest.approx(1.0)
+    copies = variety([c_major] * 5, pitch_class_histogram)
+    assert copies["mean"] == 0.0 and copies["sem"] == 0.0 and copies["n"] == 5
+
+
+def test_rhythm_variety_sees_onsets_not_pitches():
+    on_the_beat = piece([(0, 60, 8), (8, 64, 8), (16, 67, 8), (24, 72, 8)])
+    same_rhythm_other_notes = piece([(0, 50, 8), (8, 53, 8), (16, 57, 8), (24, 59, 8)])
+    off_the_beat = piece([(4, 60, 4), (12, 64, 4), (20, 67, 4), (28, 72, 4)])
+    assert onset_position_histogram(on_the_beat)[[0, 8, 16, 24]] == pytest.approx([0.25] * 4)
+    assert variety([on_the_beat, same_rhythm_other_notes], onset_position_histogram)["mean"] == 0.0
+    # pairs: (on, same) 0, (on, off) 1, (same, off) 1 -> mean 2/3
+    assert variety([on_the_beat, same_rhythm_other_notes, off_the_beat],
+                   onset_position_histogram)["mean"] == pytest.approx(2 / 3)
+
+
+def test_variety_leaves_out_silent_pieces_and_needs_two():
+    half_c_half_g = np.array([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5]])
+    assert mean_pairwise_distance(half_c_half_g) == pytest.approx(0.5)
+    assert math.isnan(mean_pairwise_distance(half_c_half_g[:1]))
+    one_with_notes = variety([piece(melody(C_MAJOR_SCALE)), piece([])], pitch_class_histogram)
+    assert one_with_notes["n"] == 1 and math.isnan(one_with_notes["mean"])
+
+
 # ---------------------------------------------------------------- evaluation
 
 
@@ -238,11 +265,13 @@ def test_evaluate_command_writes_a_report(small_dataset, tmp_path):
     assert main(argv) == 0
     report = (out / "EVALUATION.md").read_text()
     table_rows = [line for line in report.splitlines() if line.startswith("| step10000 |")]
-    assert len(table_rows) == 3  # the loss table and both music tables
+    assert len(table_rows) == 4  # the loss table, both music tables and the variety table
     assert "real excerpts" in report and "not tested here" in report
     results = json.loads((out / "evaluation.json").read_text())
     entry = results["checkpoints"][0]
     assert entry["step"] == 10000 and len(entry["pieces"]["primed"]) == 1
+    assert entry["variety"]["rhythm"]["n"] <= 1  # one seed: a variety needs two pieces, so it reads "-"
+    assert results["real"]["variety"]["pitch_classes"]["n"] == len(results["real"]["pieces"])
     assert all(p["bars"] == 2 for c in ("unconditioned", "primed") for p in entry["pieces"][c])
     assert (out / "eval_metrics.png").stat().st_size > 1000 and (out / "eval_nll.png").stat().st_size > 1000
     first = (out / "evaluation.json").read_bytes()
@@ -267,20 +296,24 @@ def test_verdict_follows_the_numbers():
     reference = {"h1": 2.1, "h4": 2.6, "groove_similarity": 0.9, "out_of_key": 0.03, "note_density": 15.0,
                  "polyphony": 4.0, "pitch_range": 40.0, "repetition": 0.1, "longest_repeat": 1.0, "copying": 0.0}
     changes = {10000: {"note_density": 5.0, "out_of_key": 0.2}, 28500: {},
-               80000: {"repetition": 0.5, "copying": 0.4, "h4": 2.0}}
+               80000: {"repetition": 0.5, "copying": 0.4, "h4": 2.0, "pitch_classes": 0.1, "rhythm": 0.2}}
+    reference_variety = {"pitch_classes": 0.4, "rhythm": 0.5}
 
     def summary(values):
-        return {m: {"mean": v, "sem": 0.01, "std": 0.1, "n": 8} for m, v in values.items()}
+        return {m: {"mean": v, "sem": 0.01, "std": 0.1, "n": 8} for m, v in values.items() if m in reference}
+
+    def variety_of(values):
+        return {m: {"mean": values.get(m, v), "sem": 0.01, "n": 8} for m, v in reference_variety.items()}
 
     def pieces(values):  # 8 pieces per condition, spread +-0.01 around the means
-        return [{m: v + (0.01 if i % 2 else -0.01) for m, v in values.items()} for i in range(8)]
+        return [{m: v + (0.01 if i % 2 else -0.01) for m, v in values.items() if m in reference} for i in range(8)]
 
     nll = {10000: {"total": 1.2, "pitch": 1.6}, 28500: {"total": 1.0, "pitch": 1.5}, 80000: {"total": 1.1, "pitch": 1.4}}
 
     def results(changes):
-        return {"config": {"seeds": 8}, "real": {"summary": summary(reference)},
+        return {"config": {"seeds": 8}, "real": {"summary": summary(reference), "variety": variety_of({})},
                 "checkpoints": [{"step": s, "label": f"step{s}", "nll": nll[s],
-                                 "summary": {"pooled": summary({**reference, **c})},
+                                 "summary": {"pooled": summary({**reference, **c})}, "variety": variety_of(c),
                                  "pieces": dict.fromkeys(("unconditioned", "primed"), pieces({**reference, **c}))}
                                 for s, c in changes.items()]}
 
@@ -292,7 +325,8 @@ def test_verdict_follows_the_numbers():
         results(a_hair_apart))
     changes[80000]["repetition"] = 0.1
     text = verdict(results(changes))
-    assert "holds only in part (5 of its 6 parts supported)" in text
+    assert "holds only in part (7 of its 8 parts supported)" in text
+    assert "more alike in rhythm\": rhythm variety 0.2 against 0.5 at step 28500 (real songs 0.5), supported." in text
     assert '"lacking variation: more repeated bars": repeated bars 0.1 against 0.1' in text
     del changes[80000]
     text = verdict(results(changes))
