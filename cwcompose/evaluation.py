@@ -187,7 +187,8 @@ def evaluate(checkpoints: list[str], data_dir: str | Path, cfg: EvalConfig, spli
     results = {
         "config": cfg.to_dict(), "data": str(data_dir), "split": split, "held_out_songs": len(held_out.songs),
         "index": {"songs": index.songs, "spans": int(len(index.hashes))},
-        "real": {"pieces": [m.as_dict() for m in real], "summary": summarise(real), "variety": measure_variety(excerpts)},
+        "real": {"pieces": [m.as_dict() for m in real], "summary": summarise(real),
+                 "variety": measure_variety(excerpts)},
         "checkpoints": [],
     }
     for name in checkpoints:
@@ -267,20 +268,25 @@ def closest_shares(by_step: dict, real: dict, resamples: int = BOOTSTRAP_RESAMPL
                 warnings.simplefilter("ignore", RuntimeWarning)  # a metric undefined in every drawn piece
                 means = dict(zip(METRIC_LABELS, np.nanmean(sample, axis=0)))
             distances[step] = distance_to_real(means, real)
-        wins[min(distances, key=lambda s: (math.isnan(distances[s]), distances[s]))] += 1
+        wins[closest_step(distances)] += 1
     return {step: count / resamples for step, count in wins.items()}
 
 
-def claim_stat(entry: dict, metric: str) -> dict:
-    """A checkpoint's (or the real songs') mean ± sem of a metric (both conditions) or a variety."""
-    return entry["variety"][metric] if metric in VARIETY_LABELS else entry["summary"]["pooled"][metric]
+def closest_step(distances: dict[int, float]) -> int:
+    """The step with the smallest distance to the real excerpts (NaN counts as farthest)."""
+    return min(distances, key=lambda s: (math.isnan(distances[s]), distances[s]))
+
+
+def claim_stat(summary: dict, varieties: dict, metric: str) -> dict:
+    """Mean ± sem of ``metric``: a variety, or a per-piece metric from ``summary``."""
+    return varieties[metric] if metric in VARIETY_LABELS else summary[metric]
 
 
 def claim_sentence(words: str, by_step: dict, real: dict) -> tuple[str, bool]:
     """One of the author's words checked against step 28500: (sentence, supported?)."""
     step, metric, direction = CLAIMS[words]
-    a, b = claim_stat(by_step[step], metric), claim_stat(by_step[REFERENCE_STEP], metric)
-    real_mean = real["variety"][metric]["mean"] if metric in VARIETY_LABELS else real["summary"][metric]["mean"]
+    a, b = (claim_stat(by_step[s]["summary"]["pooled"], by_step[s]["variety"], metric) for s in (step, REFERENCE_STEP))
+    real_mean = claim_stat(real["summary"], real["variety"], metric)["mean"]
     outcome = compare(a, b, direction)
     return (f'Step {step} "{words}": {LABELS[metric]} {a["mean"]:.3g} against {b["mean"]:.3g} at step '
             f'{REFERENCE_STEP} (real songs {real_mean:.3g}), {outcome}.'), outcome == "supported"
@@ -291,7 +297,7 @@ def just_right_sentence(by_step: dict, real: dict) -> tuple[str, bool]:
     noise: (sentence, supported?)."""
     distances = {s: distance_to_real({m: v["mean"] for m, v in e["summary"]["pooled"].items()}, real)
                  for s, e in sorted(by_step.items())}
-    closest = min(distances, key=lambda s: (math.isnan(distances[s]), distances[s]))
+    closest = closest_step(distances)
     shares = closest_shares(by_step, real)
     if shares[REFERENCE_STEP] >= CLOSEST_SHARE:
         outcome = "supported"

@@ -316,14 +316,17 @@ VARIETY_HISTOGRAMS = {"pitch_classes": pitch_class_histogram, "rhythm": onset_po
 VARIETY_LABELS = {"pitch_classes": "pitch-class variety", "rhythm": "rhythm variety"}
 
 
+def pairwise_distances(histograms: np.ndarray) -> np.ndarray:
+    """(pieces, pieces) total-variation distances between the rows of ``histograms`` (pieces,
+    bins): 0 for rows alike, 1 for rows with no bin in common."""
+    return 0.5 * np.abs(histograms[:, None, :] - histograms[None, :, :]).sum(-1)
+
+
 def mean_pairwise_distance(histograms: np.ndarray) -> float:
     """Mean total-variation distance over all pairs of rows of ``histograms`` (pieces, bins):
     0 when every piece uses the bins alike, 1 when no two share any; NaN below 2 rows."""
     n = len(histograms)
-    if n < 2:
-        return math.nan
-    distances = 0.5 * np.abs(histograms[:, None, :] - histograms[None, :, :]).sum(-1)
-    return float(distances[np.triu_indices(n, k=1)].mean())
+    return float(pairwise_distances(histograms)[np.triu_indices(n, k=1)].mean()) if n >= 2 else math.nan
 
 
 def variety(pieces: list[GridNotes], histogram) -> dict[str, float]:
@@ -331,12 +334,14 @@ def variety(pieces: list[GridNotes], histogram) -> dict[str, float]:
     leave-one-piece-out (jackknife) standard error; pieces without notes are left out."""
     rows = np.array([histogram(p) for p in pieces if len(p.onset)])
     n = len(rows)
-    mean = mean_pairwise_distance(rows)
     if n < 3:
-        return {"mean": mean, "sem": math.nan, "n": n}
-    left_out = np.array([mean_pairwise_distance(np.delete(rows, i, axis=0)) for i in range(n)])
+        return {"mean": mean_pairwise_distance(rows), "sem": math.nan, "n": n}
+    distances = pairwise_distances(rows)
+    total = distances[np.triu_indices(n, k=1)].sum()
+    # leaving piece i out drops its row of pairs; the rest is a mean over (n-1)(n-2)/2 pairs
+    left_out = (total - distances.sum(axis=1)) / ((n - 1) * (n - 2) / 2)
     sem = math.sqrt((n - 1) / n * ((left_out - left_out.mean()) ** 2).sum())
-    return {"mean": mean, "sem": sem, "n": n}
+    return {"mean": float(total / (n * (n - 1) / 2)), "sem": sem, "n": n}
 
 
 # ---------------------------------------------------------------- all together

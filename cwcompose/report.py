@@ -3,6 +3,7 @@ from the results of :func:`cwcompose.evaluation.evaluate` (nothing in them is ty
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -53,7 +54,8 @@ def nll_table(results: dict) -> str:
     return markdown_table(["checkpoint"] + keys, rows)
 
 
-def markdown_report(results: dict) -> str:
+def markdown_report(results: dict, curves: dict | None = None) -> str:
+    """The whole EVALUATION.md; ``curves`` (from :func:`lowest_validation`) adds the training curves."""
     cfg = results["config"]
     checkpoints = " ".join(e["label"] for e in results["checkpoints"])
     parts = [
@@ -65,6 +67,9 @@ def markdown_report(results: dict) -> str:
         f"Negative log-likelihood of the {results['split']} songs, nats per predicted token of each field "
         f"({cfg['nll_windows']} fixed windows starting at bar lines; total = mean over fields).",
         nll_table(results),
+        *(["### During training",
+           "Validation loss logged by `cwcompose train` every 500 steps (nats per token; see loss.png).",
+           curves_table(curves)] if curves else []),
         "## Music",
         "Mean ± standard error over pieces. Metrics (`cwcompose/metrics.py`): H1/H4 pitch-class entropy "
         "over 1/4-bar windows; GS grooving-pattern similarity; out-of-key share of notes against the "
@@ -132,21 +137,40 @@ def plot_nll(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-def plot_loss_curves(csv_path: str | Path, path: str | Path) -> None:
-    """Per-field train (solid) and validation (dashed) loss against the step, from ``loss.csv``."""
-    import csv
+def read_loss_csv(csv_path: str | Path) -> list[dict[str, float]]:
+    """The rows of a training ``loss.csv`` (see ``cwcompose train``), every value a float."""
+    with Path(csv_path).open() as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
+
+def lowest_validation(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per field (and total): the lowest validation loss in nats per token, the step it was
+    logged at, and the last logged value; fields never validated are left out."""
+    lowest = {}
+    for key in ["total", *FIELDS]:
+        logged = [(r[f"valid_{key}"], int(r["step"])) for r in rows if not math.isnan(r[f"valid_{key}"])]
+        if logged:
+            value, step = min(logged)
+            lowest[key] = {"lowest": value, "step": step, "last": logged[-1][0], "last_step": logged[-1][1]}
+    return lowest
+
+
+def curves_table(lowest: dict[str, dict[str, float]]) -> str:
+    rows = [[key, f"{v['lowest']:.3f}", str(v["step"]), f"{v['last']:.3f} at step {v['last_step']}"]
+            for key, v in lowest.items()]
+    return markdown_table(["field", "lowest validation loss", "at step", "last"], rows)
+
+
+def plot_loss_curves(rows: list[dict[str, float]], path: str | Path) -> None:
+    """Per-field train (solid) and validation (dashed) loss against the step, from ``loss.csv`` rows."""
     from matplotlib.figure import Figure
 
-    with Path(csv_path).open() as fh:
-        rows = list(csv.DictReader(fh))
-    steps = np.array([int(r["step"]) for r in rows])
+    steps = np.array([r["step"] for r in rows])
     fig = Figure(figsize=(14, 6.5))
     axes = fig.subplots(2, (len(FIELDS) + 2) // 2)
     for ax, key in zip(axes.flat, ["total", *FIELDS]):
         for split, style in (("train", "-"), ("valid", "--")):
-            values = np.array([float(r[f"{split}_{key}"]) for r in rows])
-            ax.plot(steps, values, style, label=split)
+            ax.plot(steps, [r[f"{split}_{key}"] for r in rows], style, label=split)
         ax.set_title(key, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
     for ax in axes.flat[len(FIELDS) + 1:]:
@@ -166,13 +190,19 @@ def jsonable(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def write_report(results: dict, out_dir: str | Path) -> Path:
-    """``EVALUATION.md``, ``evaluation.json``, ``eval_metrics.png`` and ``eval_nll.png`` in ``out_dir``."""
+def write_report(results: dict, out_dir: str | Path, loss_csv: str | Path | None = None) -> Path:
+    """``EVALUATION.md``, ``evaluation.json``, ``eval_metrics.png`` and ``eval_nll.png`` in
+    ``out_dir``; with a training ``loss_csv``, also ``loss.png`` and a table of its lowest points."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "evaluation.json").write_text(json.dumps(jsonable(results), indent=1) + "\n")
     plot_metrics(results, out_dir / "eval_metrics.png")
     plot_nll(results, out_dir / "eval_nll.png")
+    curves = None
+    if loss_csv is not None:
+        rows = read_loss_csv(loss_csv)
+        plot_loss_curves(rows, out_dir / "loss.png")
+        curves = lowest_validation(rows)
     report = out_dir / "EVALUATION.md"
-    report.write_text(markdown_report(results))
+    report.write_text(markdown_report(results, curves))
     return report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -260,13 +261,15 @@ def test_evaluate_command_writes_a_report(small_dataset, tmp_path):
                                       n_heads=2, d_ff=64))
     save_checkpoint(model, CPTokenizer(), tmp_path / "ckpt" / "step10000")
     out = tmp_path / "docs"
+    loss_csv = Path(__file__).resolve().parents[1] / "training" / "pop909" / "loss.csv"
     argv = ["evaluate", str(tmp_path / "ckpt" / "step10000"), "--data", str(small_dataset), "--split", "valid",
-            "--seeds", "1", "--bars", "2", "--windows", "4", "--out", str(out)]
+            "--seeds", "1", "--bars", "2", "--windows", "4", "--out", str(out), "--loss-csv", str(loss_csv)]
     assert main(argv) == 0
     report = (out / "EVALUATION.md").read_text()
     table_rows = [line for line in report.splitlines() if line.startswith("| step10000 |")]
     assert len(table_rows) == 4  # the loss table, both music tables and the variety table
     assert "real excerpts" in report and "not tested here" in report
+    assert "### During training" in report and "| chord | 0." in report and (out / "loss.png").is_file()
     results = json.loads((out / "evaluation.json").read_text())
     entry = results["checkpoints"][0]
     assert entry["step"] == 10000 and len(entry["pieces"]["primed"]) == 1
@@ -276,6 +279,18 @@ def test_evaluate_command_writes_a_report(small_dataset, tmp_path):
     assert (out / "eval_metrics.png").stat().st_size > 1000 and (out / "eval_nll.png").stat().st_size > 1000
     first = (out / "evaluation.json").read_bytes()
     assert main(argv) == 0 and (out / "evaluation.json").read_bytes() == first  # same seeds, same numbers
+
+
+def test_lowest_validation_finds_the_minimum_and_skips_unvalidated_fields():
+    from cwcompose.report import lowest_validation
+
+    nan = float("nan")
+    rows = [{"step": step, **{f"valid_{k}": nan for k in ["total", *FIELDS]}, "valid_total": total,
+             "valid_chord": chord} for step, total, chord in ((500, 2.0, 0.9), (1000, 1.5, 0.6), (1500, 1.4, 0.7))]
+    lowest = lowest_validation(rows)
+    assert set(lowest) == {"total", "chord"}
+    assert lowest["chord"] == {"lowest": 0.6, "step": 1000, "last": 0.7, "last_step": 1500}
+    assert lowest["total"]["step"] == 1500
 
 
 def test_compare_needs_two_standard_errors_in_the_stated_direction():
