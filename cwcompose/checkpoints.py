@@ -1,9 +1,10 @@
 """Checkpoints: safetensors weights beside a readable JSON of their configs.
 
 ``<dir>/step<STEP>.safetensors`` + ``<dir>/step<STEP>.json`` hold an exported model;
-:func:`load_checkpoint` accepts a step number (looked up in the shipped
-``checkpoints/`` folder), a ``.safetensors`` / ``.json`` path, or a stem. Nothing is
-ever unpickled.
+:func:`load_checkpoint` accepts a step number (looked up in the shipped ``checkpoints/``
+folder, the newest generation first, then the older ones kept for comparison, e.g.
+``checkpoints/v1/`` with the 256-word models), ``"v1/28500"`` for a given generation, a
+``.safetensors`` / ``.json`` path, or a stem. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from cwcompose.tokenizer import CPTokenizer, TokenizerConfig
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 SHIPPED_STEPS = (10000, 28500, 80000)
+OLDER_GENERATIONS = ("v1",)  # sub-folders of SHIPPED_DIR, newest first, searched after SHIPPED_DIR
 
 
 class CheckpointError(ValueError):
@@ -46,19 +48,43 @@ def _without_nan(value):
     return value
 
 
+def shipped_stem(step: int | str, generation: str | None = None) -> Path:
+    """Where a shipped step lives: in ``generation``'s folder when named, else in the newest
+    generation that has it (``checkpoints/`` itself, then :data:`OLDER_GENERATIONS`)."""
+    if generation is not None:
+        return SHIPPED_DIR / generation / f"step{step}"
+    for folder in (SHIPPED_DIR, *(SHIPPED_DIR / g for g in OLDER_GENERATIONS)):
+        if (folder / f"step{step}.safetensors").is_file():
+            return folder / f"step{step}"
+    return SHIPPED_DIR / f"step{step}"
+
+
+def shipped_names() -> list[str]:
+    """Every shipped checkpoint, newest generation first: ``["10000", ..., "v1/10000", ...]``."""
+    names = sorted(p.stem.removeprefix("step") for p in SHIPPED_DIR.glob("step*.safetensors"))
+    for generation in OLDER_GENERATIONS:
+        names += sorted(f"{generation}/{p.stem.removeprefix('step')}"
+                        for p in (SHIPPED_DIR / generation).glob("step*.safetensors"))
+    return names
+
+
 def resolve_checkpoint(name_or_path: str | int | Path) -> Path:
-    """A step number, a stem or a path -> the stem (path without suffix) of an existing checkpoint."""
+    """A step number, ``generation/step``, a stem or a path -> the stem (path without
+    suffix) of an existing checkpoint."""
     text = str(name_or_path)
+    generation, _, step = text.rpartition("/")
     if text.isdigit():
-        stem = SHIPPED_DIR / f"step{text}"
+        stem = shipped_stem(text)
+    elif step.isdigit() and generation in OLDER_GENERATIONS:
+        stem = shipped_stem(step, generation)
     else:
         stem = Path(text)
         if stem.suffix in (".safetensors", ".json"):
             stem = stem.with_suffix("")
     if not stem.with_suffix(".safetensors").is_file() or not stem.with_suffix(".json").is_file():
-        available = sorted(p.stem for p in SHIPPED_DIR.glob("step*.safetensors"))
-        raise CheckpointError(f"no checkpoint {text!r} (need {stem.name}.safetensors and {stem.name}.json); "
-                              f"shipped checkpoints: {', '.join(available) or 'none'}")
+        raise CheckpointError(f"There is no checkpoint {text!r} (it needs {stem.name}.safetensors and "
+                              f"{stem.name}.json). Pick one of the shipped checkpoints: "
+                              f"{', '.join(shipped_names()) or 'none'}.")
     return stem
 
 
@@ -107,7 +133,9 @@ def fill_with_stand_ins(folder: str | Path, source: str | Path | None = SHIPPED_
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer, kinds = CPTokenizer(), {}
     for step in steps:
-        stem = Path(source) / f"step{step}" if source is not None else None
+        stem = None
+        if source is not None:
+            stem = shipped_stem(step) if Path(source) == SHIPPED_DIR else Path(source) / f"step{step}"
         if stem is not None and stem.with_suffix(".safetensors").is_file() and stem.with_suffix(".json").is_file():
             for suffix in (".safetensors", ".json"):
                 (folder / f"step{step}{suffix}").symlink_to(stem.with_suffix(suffix).resolve())

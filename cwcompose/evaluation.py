@@ -21,7 +21,7 @@ import miditoolkit
 import numpy as np
 import torch
 
-from cwcompose.checkpoints import SHIPPED_DIR, SHIPPED_STEPS, load_checkpoint, read_checkpoint_info, resolve_checkpoint
+from cwcompose.checkpoints import load_checkpoint, read_checkpoint_info, resolve_checkpoint, shipped_names
 from cwcompose.data import TokenDataset
 from cwcompose.generation import compose
 from cwcompose.jsonconfig import JsonConfig
@@ -59,8 +59,8 @@ class EvalConfig(JsonConfig):
 
 
 def default_checkpoints() -> list[str]:
-    """The shipped steps that exist in ``checkpoints/``."""
-    return [str(s) for s in SHIPPED_STEPS if (SHIPPED_DIR / f"step{s}.safetensors").is_file()]
+    """Every shipped checkpoint, the new generation beside the older ones (``v1/28500``)."""
+    return shipped_names()
 
 
 def checkpoint_step(name_or_path) -> int | None:

@@ -28,7 +28,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cwcompose import metrics
-from cwcompose.checkpoints import SHIPPED_STEPS, CheckpointError, load_checkpoint
+from cwcompose.checkpoints import SHIPPED_DIR, SHIPPED_STEPS, CheckpointError, load_checkpoint, shipped_stem
 from cwcompose.generation import Composition, compose
 from cwcompose.pianoroll import RollStyle, note_name, piano_roll
 from cwcompose.render import Renderer, seconds_of, to_pcm16
@@ -212,6 +212,10 @@ class Studio:
     # ------------------------------------------------------------ checkpoints
 
     def checkpoint_stem(self, step: int) -> Path:
+        """The shipped folder holds generations (``checkpoints/``, ``checkpoints/v1/``): a step
+        is served from the newest that has it; any other folder holds ``step<N>`` directly."""
+        if self.checkpoint_dir.resolve() == SHIPPED_DIR.resolve():
+            return shipped_stem(step)
         return self.checkpoint_dir / f"step{step}"
 
     def available_checkpoints(self) -> list[int]:
