@@ -19,7 +19,9 @@ import torch
 from tqdm import tqdm
 
 from cwcompose.midi_input import is_pop909_song, score_from_midi, score_from_pop909
-from cwcompose.tokenizer import BAR, FAMILY_METRIC, FIELDS, MidiReadError, CPTokenizer, TokenizerConfig
+from cwcompose.tokenizer import (
+    BAR, CHORD0, COL, FAMILY_METRIC, FIELDS, VALUE0, MidiReadError, CPTokenizer, TokenizerConfig,
+)
 
 SPLITS = {"train": 90, "valid": 95, "test": 100}  # cumulative percent of songs, by name hash
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -141,12 +143,48 @@ class TokenDataset:
         out[:len(words)] = torch.from_numpy(words)
         return out
 
-    def sample_batch(self, batch_size: int, length: int, generator: torch.Generator) -> torch.Tensor:
-        """(batch, length, fields) windows, each starting at a random bar line."""
+    def sample_batch(self, batch_size: int, length: int, generator: torch.Generator,
+                     transpose: tuple[int, int] | None = None) -> torch.Tensor:
+        """(batch, length, fields) windows, each starting at a random bar line; with
+        ``transpose=(low, high)`` each is moved by a whole number of semitones drawn from
+        ``generator`` in [low, high], limited to shifts that keep every note on the keyboard."""
         picks = torch.randint(len(self.bar_starts), (batch_size,), generator=generator).tolist()
-        return torch.stack([self.window(*self.bar_starts[p], length) for p in picks])
+        windows = [self.window(*self.bar_starts[p], length) for p in picks]
+        if transpose is not None:
+            windows = [self._transposed(w, transpose, generator) for w in windows]
+        return torch.stack(windows)
+
+    def _transposed(self, window: torch.Tensor, shifts: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+        low, high = playable_shifts(window, shifts, self.tokenizer_config)
+        semitones = int(torch.randint(low, high + 1, (1,), generator=generator))
+        return transpose_window(window, semitones, self.tokenizer_config)
 
     def fixed_windows(self, count: int, length: int) -> torch.Tensor:
         """Up to ``count`` windows spread evenly over the split, for a stable validation loss."""
         picks = np.linspace(0, len(self.bar_starts) - 1, min(count, len(self.bar_starts))).astype(int)
         return torch.stack([self.window(*self.bar_starts[p], length) for p in picks])
+
+
+def playable_shifts(window: torch.Tensor, shifts: tuple[int, int], config: TokenizerConfig) -> tuple[int, int]:
+    """The part of [low, high] semitones that keeps every note of ``window`` within
+    [pitch_min, pitch_max]: no note is ever dropped or folded by an octave."""
+    pitches = window[:, COL["pitch"]]
+    pitches = pitches[pitches >= VALUE0] - VALUE0  # 0 = pitch_min
+    if len(pitches) == 0:
+        return shifts
+    top = config.pitch_max - config.pitch_min
+    return max(shifts[0], -int(pitches.min())), min(shifts[1], top - int(pitches.max()))
+
+
+def transpose_window(window: torch.Tensor, semitones: int, config: TokenizerConfig) -> torch.Tensor:
+    """Words (L, fields) moved by ``semitones``: note pitches, and chord roots (mod 12,
+    quality kept). Pad, Ignore, Conti and N (no chord) are left as they are."""
+    out = window.clone()
+    pitch = out[:, COL["pitch"]]
+    out[:, COL["pitch"]] = torch.where(pitch >= VALUE0, pitch + semitones, pitch)
+    chord = out[:, COL["chord"]]
+    qualities = len(config.chord_qualities)
+    root, quality = (chord - CHORD0).div(qualities, rounding_mode="floor"), (chord - CHORD0) % qualities
+    moved = CHORD0 + ((root + semitones) % 12) * qualities + quality
+    out[:, COL["chord"]] = torch.where(chord >= CHORD0, moved, chord)
+    return out

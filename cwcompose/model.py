@@ -36,8 +36,10 @@ class ModelConfig(JsonConfig):
     n_layers: int = 4
     n_heads: int = 4
     d_ff: int = 512
-    dropout: float = 0.1
-    max_relative_distance: int = 256  # distances beyond share the last embedding
+    dropout: float = 0.1  # on embeddings and residual branches
+    attention_dropout: float = 0.0  # on attention weights: costs a (B, H, L, L) mask per layer
+    context: int = 1024  # words the model sees: the training window and the decoder's cache
+    max_relative_distance: int = 512  # distances beyond share the last embedding
 
     def __post_init__(self) -> None:
         problems = []
@@ -51,10 +53,22 @@ class ModelConfig(JsonConfig):
             problems.append("d_model must be a positive multiple of n_heads")
         if self.n_layers < 1 or self.d_ff < 1 or self.max_relative_distance < 1:
             problems.append("n_layers, d_ff and max_relative_distance must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append("dropout must be in [0, 1)")
+        if self.context < 2:
+            problems.append("context must be >= 2 words")
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.attention_dropout < 1.0:
+            problems.append("dropout and attention_dropout must be in [0, 1)")
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        """Configs written before ``context`` existed (the 256-word v1 models) saw exactly
+        ``max_relative_distance`` words and dropped attention weights at ``dropout``."""
+        data = dict(data)
+        if "context" not in data:
+            data["context"] = data.get("max_relative_distance", 256)
+            data.setdefault("attention_dropout", data.get("dropout", 0.1))
+        return super().from_dict(data)
 
 
 def skew(relative_logits: torch.Tensor) -> torch.Tensor:
@@ -64,6 +78,20 @@ def skew(relative_logits: torch.Tensor) -> torch.Tensor:
     *batch, lq, lk = relative_logits.shape
     padded = F.pad(relative_logits, (1, 0))
     return padded.reshape(*batch, lq * (lk + 1))[..., lq:].reshape(*batch, lq, lk)
+
+
+def causal_skew(relative_logits: torch.Tensor) -> torch.Tensor:
+    """The skew of a square (..., L, L) block with the causal mask folded in: entry (i, j)
+    is ``relative_logits[i, L-1-(i-j)]`` for j <= i and -inf above the diagonal.
+
+    One copy (a pad of L columns of -inf), then views only: row i of the result starts
+    at flat offset i*(2L-1) + L-1 of the padded (L, 2L) block, so the columns past L-1
+    that it reaches for j > i are the -inf padding."""
+    *batch, length, width = relative_logits.shape
+    assert length == width, "causal_skew needs as many queries as keys"
+    padded = F.pad(relative_logits, (0, length), value=float("-inf"))  # (..., L, 2L)
+    flat = padded.flatten(-2)[..., length - 1: length - 1 + length * (2 * length - 1)]
+    return flat.unflatten(-1, (length, 2 * length - 1))[..., :length]
 
 
 def causal_mask(lq: int, lk: int, device: torch.device) -> torch.Tensor:
@@ -99,7 +127,7 @@ class RelativeSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
         self.relative = nn.Parameter(torch.randn(cfg.max_relative_distance, self.head_dim) * 0.02)
-        self.dropout = cfg.dropout
+        self.dropout = cfg.attention_dropout
 
     def relative_table(self, length: int) -> torch.Tensor:
         """(length, head_dim) embeddings for distances length-1 .. 0 (clipped at the maximum)."""
@@ -113,8 +141,11 @@ class RelativeSelfAttention(nn.Module):
             k, v = cache.append(layer, k, v)
         lk = k.size(2)
         bias = q @ self.relative_table(lk).to(q.dtype).T / math.sqrt(self.head_dim)
-        if lq > 1:  # one new query sees every cached key: no skew or mask needed
+        if lq == lk:  # a whole window (training, prefill)
+            bias = causal_skew(bias)
+        elif lq > 1:  # new queries after cached keys
             bias = skew(bias).masked_fill(~causal_mask(lq, lk, x.device), float("-inf"))
+        # else: one new query sees every cached key, no skew or mask needed
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(b, lq, d))

@@ -35,8 +35,8 @@ from cwcompose.tokenizer import FIELDS, CPTokenizer
 class TrainConfig(JsonConfig):
     """Optimisation settings. ``batch_size`` is per process; a step is one optimizer update."""
 
-    seq_len: int = 256
-    batch_size: int = 4
+    seq_len: int = 1024
+    batch_size: int = 1
     max_steps: int = 80000
     learning_rate: float = 1e-3
     min_learning_rate: float = 1e-4
@@ -48,6 +48,7 @@ class TrainConfig(JsonConfig):
     eval_windows: int = 64
     save_every: int = 500
     export_steps: tuple[int, ...] = (10000, 28500, 80000)
+    transpose: tuple[int, int] | None = (-5, 6)  # semitones each training window moves by; None: off
     model: dict = None  # overrides of ModelConfig fields (d_model, n_layers, ...)
 
     def __post_init__(self) -> None:
@@ -57,13 +58,15 @@ class TrainConfig(JsonConfig):
                 0 < self.min_learning_rate <= self.learning_rate,
             "warmup_steps >= 0": self.warmup_steps >= 0, "grad_clip > 0": self.grad_clip > 0,
             "eval_every >= 1 and save_every >= 1": self.eval_every >= 1 and self.save_every >= 1,
+            "transpose is (low, high) with low <= 0 <= high":
+                self.transpose is None or (len(self.transpose) == 2 and self.transpose[0] <= 0 <= self.transpose[1]),
         }.items() if not ok]
         if problems:
             raise ValueError("invalid TrainConfig: " + ", ".join(problems))
 
     def model_config(self, vocab_sizes: dict[str, int]) -> ModelConfig:
         overrides = dict(self.model or {})
-        overrides.setdefault("max_relative_distance", self.seq_len)
+        overrides.setdefault("context", self.seq_len)
         return ModelConfig(vocab_sizes=vocab_sizes, **overrides)
 
 
@@ -139,7 +142,8 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         generator = torch.Generator().manual_seed(step_seed(self.cfg, self.rank, self.step))
         torch.manual_seed(step_seed(self.cfg, self.rank, self.step))  # dropout noise
-        batch = self.train_set.sample_batch(self.cfg.batch_size, self.cfg.seq_len + 1, generator).to(self.device)
+        batch = self.train_set.sample_batch(self.cfg.batch_size, self.cfg.seq_len + 1, generator,
+                                            transpose=self.cfg.transpose).to(self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate_at(self.step, self.cfg)
         self.engine.train()

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cwcompose.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from cwcompose.model import CPTransformer, KVCache, ModelConfig, RelativeSelfAttention, skew, total_loss
+from cwcompose.model import CPTransformer, KVCache, ModelConfig, RelativeSelfAttention, causal_skew, skew, total_loss
 from cwcompose.tokenizer import FIELDS, IGNORE, PAD, CPTokenizer, TokenizerConfig
 
 TINY = dict(d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=0.0, max_relative_distance=8,
@@ -76,6 +76,33 @@ def test_relative_attention_matches_naive(length):
         got = attn(x)
         want = naive_relative_attention(attn, x, length)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_relative_attention_matches_naive_at_the_training_context():
+    """A whole 1024-word window (the default context) with distances clipped at 512."""
+    torch.manual_seed(5)
+    attn = RelativeSelfAttention(tiny_config(max_relative_distance=512)).eval()
+    with torch.no_grad():
+        attn.relative.normal_()
+        x = torch.randn(1, 1024, 32)
+        got = attn(x)
+        want = naive_relative_attention(attn, x, 1024)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+def test_causal_skew_equals_skew_then_mask():
+    logits = torch.randn(2, 3, 37, 37)
+    mask = torch.arange(37)[None, :] <= torch.arange(37)[:, None]
+    torch.testing.assert_close(causal_skew(logits), skew(logits).masked_fill(~mask, float("-inf")))
+
+
+def test_configs_from_before_context_load_as_256_word_models():
+    """v1 configs had no ``context``: they saw max_relative_distance words, with attention dropout."""
+    old = tiny_config(max_relative_distance=256, dropout=0.1).to_dict()
+    del old["context"], old["attention_dropout"]
+    loaded = ModelConfig.from_dict(old)
+    assert (loaded.context, loaded.max_relative_distance, loaded.attention_dropout) == (256, 256, 0.1)
+    assert ModelConfig.from_dict(tiny_config().to_dict()) == tiny_config()
 
 
 @pytest.mark.parametrize("prefix,lq", [(19, 1), (9, 3), (4, 4), (0, 6), (12, 8)])

@@ -82,7 +82,7 @@ def test_train_config_json_round_trip(tmp_path):
     cfg = small_config()
     cfg.save(tmp_path / "train.json")
     assert TrainConfig.load(tmp_path / "train.json") == cfg
-    assert cfg.model_config({f: 10 for f in FIELDS}).max_relative_distance == cfg.seq_len
+    assert cfg.model_config({f: 10 for f in FIELDS}).context == cfg.seq_len
 
 
 # ---------------------------------------------------------------- learning
@@ -91,7 +91,7 @@ def test_train_config_json_round_trip(tmp_path):
 def test_tiny_model_overfits_a_few_windows(small_dataset, tmp_path):
     """Three windows of one real song, 150 steps: the total loss falls from ~3.9 to well under 0.5."""
     cfg = small_config(batch_size=4, max_steps=150, learning_rate=3e-3, min_learning_rate=3e-4,
-                       warmup_steps=20, model={**TINY, "dropout": 0.0})
+                       warmup_steps=20, model={**TINY, "dropout": 0.0}, transpose=None)
     trainer = Trainer(small_dataset, tmp_path, cfg, progress=False)
     full = trainer.train_set
     trainer.train_set = TokenDataset([full.songs[0][:48]], full.names[:1], full.tokenizer_config, full.fingerprint)
