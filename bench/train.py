@@ -2,7 +2,8 @@
 
 Prints seconds per step, words per second, the projected time of a full run
 (``max_steps``, 80,000 by default) on each device present, and a torch.profiler
-table of the operators that take the time.
+table of the operators that take the time. Exits 1 when a projected run misses its
+target: 4 h on the CPU, 15 min on a GPU (issue "long memory").
 
     nice -n 10 .venv/bin/python bench/train.py --data data/pop909 --steps 50
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +21,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from cwcompose.training import TrainConfig, Trainer
+
+TARGET_HOURS = {"cpu": 4.0, "cuda": 0.25}  # a full run of the default config
 
 
 def parse_args() -> argparse.Namespace:
@@ -72,7 +76,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_device(args: argparse.Namespace, device: torch.device) -> None:
+def bench_device(args: argparse.Namespace, device: torch.device) -> bool:
+    """Time the default config on ``device``; True when the projected full run meets its target."""
     cfg = TrainConfig()
     with tempfile.TemporaryDirectory() as out:
         trainer = make_trainer(args.data, Path(out), device)
@@ -84,10 +89,13 @@ def bench_device(args: argparse.Namespace, device: torch.device) -> None:
               f"{trainer.model.num_parameters() / 1e6:.2f} M parameters")
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         print(f"== {name}: {args.steps} steps after {args.warmup} warm-up")
+        target = TARGET_HOURS[device.type]
+        met = hours <= target
         print(f"{s * 1000:.1f} ms/step  {1 / s:.2f} steps/s  {words / s:,.0f} words/s  "
-              f"-> {cfg.max_steps:,} steps = {hours:.2f} h")
+              f"-> {cfg.max_steps:,} steps = {hours:.2f} h (target <= {target:g} h: {'met' if met else 'MISSED'})")
         if args.profile_steps:
             print(profile_table(trainer, args.profile_steps))
+        return met
 
 
 def main() -> None:
@@ -100,8 +108,8 @@ def main() -> None:
     print(f"TrainConfig(): seq_len {cfg.seq_len}, batch {cfg.batch_size}, max_steps {cfg.max_steps:,}")
     devices = {"cpu": [torch.device("cpu")], "cuda": [torch.device("cuda")],
                "all": [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])}
-    for device in devices[args.device]:
-        bench_device(args, device)
+    results = [bench_device(args, device) for device in devices[args.device]]
+    sys.exit(0 if all(results) else 1)
 
 
 if __name__ == "__main__":
