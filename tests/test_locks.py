@@ -1,0 +1,252 @@
+"""User constraints (cwcompose.locks): parsing, masks, processors on hand-made states."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from cwcompose.locks import (
+    Chord, ChordLock, DensityBias, KeyLock, Locks, TempoLock, key_penalty_nats, parse_chord, parse_key,
+    parse_progression, scale_pitch_mask,
+)
+from cwcompose.tokenizer import (
+    CHORD_NONE, COL, CONTI, FAMILY_METRIC, FAMILY_NOTE, FIELDS, IGNORE, POS0, TEMPO0, VALUE0, CPTokenizer,
+    quantise_tempo,
+)
+
+TOK = CPTokenizer()
+
+SPELLINGS = {
+    "C": "C:maj", "Cmaj": "C:maj", "Cm": "C:min", "Cmin": "C:min", "C-": "C:min", "Am7": "A:min7",
+    "Cmaj7": "C:maj7", "CM7": "C:maj7", "G7": "G:7", "Bdim": "B:dim", "Bdim7": "B:dim7", "Bm7b5": "B:hdim7",
+    "Bhdim7": "B:hdim7", "Caug": "C:aug", "C+": "C:aug", "F#m": "F#:min", "Bb": "A#:maj", "Ebmaj7": "D#:maj7",
+    "Csus2": "C:sus2", "Csus4": "C:sus4", "Dsus": "D:sus4", "Gbm7": "F#:min7", "E": "E:maj", "C/E": "C:maj",
+    "N": "N", "NC": "N",
+}
+
+
+@pytest.mark.parametrize("name,token", SPELLINGS.items())
+def test_every_accepted_spelling_maps_to_its_token(name, token):
+    assert TOK.token_name("chord", parse_chord(name).token(TOK)) == token
+
+
+@pytest.mark.parametrize("bad", ["Cx9", "H", "Cmaj9", "c", "C/X", "Am7b9", "CM9"])
+def test_unknown_chord_names_it_and_lists_the_forms(bad):
+    with pytest.raises(ValueError) as err:
+        parse_progression(f"C {bad} F")
+    message = str(err.value)
+    assert repr(bad) in message
+    for form in ("A-G", "m7b5", "sus4", "dim7", "N for no chord", "brackets"):
+        assert form in message
+    assert "Error" not in message and "Exception" not in message
+
+
+def test_progression_bars_and_two_chord_bars():
+    bars = parse_progression("  C [G Am]  F  ")
+    assert [[c.token(TOK) for c in bar] for bar in bars] == [
+        [TOK.token_id("chord", "C:maj")], [TOK.token_id("chord", "G:maj"), TOK.token_id("chord", "A:min")],
+        [TOK.token_id("chord", "F:maj")]]
+
+
+@pytest.mark.parametrize("bad,words", [("C G | Am F", "brackets"), ("[C G Am]", "one or two"),
+                                       ("[C G", "bracket"), ("", "no chords"), ("[]", "one or two")])
+def test_bad_progressions_say_how_to_write_them(bad, words):
+    with pytest.raises(ValueError, match=words):
+        parse_progression(bad)
+
+
+def test_chord_tones():
+    assert Chord(9, "min").pitch_classes == {9, 0, 4}
+    assert parse_chord("Bm7b5").pitch_classes == {11, 2, 5, 9}
+    assert Chord(None).pitch_classes == frozenset()
+
+
+# ---------------------------------------------------------------- keys
+
+
+@pytest.mark.parametrize("text,key", [("A minor", (9, "minor")), ("Am", (9, "minor")), ("a min", (9, "minor")),
+                                      ("C major", (0, "major")), ("C", (0, "major")), ("C Major", (0, "major")),
+                                      ("F# minor", (6, "minor")), ("Bb major", (10, "major")), ("Eb", (3, "major")),
+                                      ("EbM", (3, "major")), ("Gbm", (6, "minor"))])
+def test_key_names(text, key):
+    assert parse_key(text) == key
+
+
+@pytest.mark.parametrize("bad", ["H major", "A dorian", "Amm", "", "C# blues"])
+def test_bad_key_names_it_and_lists_the_forms(bad):
+    with pytest.raises(ValueError) as err:
+        parse_key(bad)
+    assert repr(bad) in str(err.value) and "minor" in str(err.value) and "from primer" in str(err.value)
+
+
+def _out_of_key_midi(mask: torch.Tensor) -> set[int]:
+    return {t - VALUE0 + TOK.config.pitch_min for t in torch.nonzero(mask).flatten().tolist()}
+
+
+def test_key_masks_match_hand_written_scales():
+    a_minor = {"A", "B", "C", "D", "E", "F", "G"}  # natural minor
+    eb_major = {"D#", "F", "G", "G#", "A#", "C", "D"}  # Eb F G Ab Bb C D
+    from cwcompose.tokenizer import PITCH_CLASSES
+
+    for key, scale in (((9, "minor"), a_minor), ((3, "major"), eb_major)):
+        mask = scale_pitch_mask(TOK, key)
+        assert not mask[:VALUE0].any()  # Pad / Ignore untouched
+        every = set(range(TOK.config.pitch_min, TOK.config.pitch_max + 1))
+        outside = {p for p in every if PITCH_CLASSES[p % 12] not in scale}
+        assert _out_of_key_midi(mask) == outside
+    assert 68 in _out_of_key_midi(scale_pitch_mask(TOK, (9, "minor")))  # G#: harmonic minor's 7th is out
+
+
+def test_key_penalty_in_nats():
+    assert key_penalty_nats(0.0) == 0.0
+    assert key_penalty_nats(0.5) == pytest.approx(math.log(2))
+    assert key_penalty_nats(0.9) == pytest.approx(-math.log(0.1))
+    assert key_penalty_nats(1 - 1e-12) == 20.0
+    assert key_penalty_nats(1.0) == math.inf
+
+
+# ---------------------------------------------------------------- processors on hand-made states
+
+
+@dataclass
+class State:
+    """The engine's WordState fields that the processors read."""
+
+    current: torch.Tensor
+    bar: torch.Tensor
+    position: torch.Tensor
+    notes_in_bar: torch.Tensor
+    notes_at_onset: torch.Tensor
+    done: torch.Tensor
+
+
+def make_state(rows: list[dict]) -> State:
+    """Rows given as dicts: family / bar_pos token, bar, position, notes_in_bar, done."""
+    current = torch.full((len(rows), len(FIELDS)), IGNORE, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if "family" in r:
+            current[i, COL["family"]] = r["family"]
+        if "bar_pos" in r:
+            current[i, COL["bar_pos"]] = r["bar_pos"]
+    col = lambda k, d: torch.tensor([r.get(k, d) for r in rows])  # noqa: E731
+    return State(current, col("bar", 0), col("position", -1), col("notes_in_bar", 0), col("notes_at", 0),
+                 col("done", False))
+
+
+def pos_row(bar: int, last: int, here: int, **kw) -> dict:
+    return dict(family=FAMILY_METRIC, bar_pos=POS0 + here, bar=bar, position=last, **kw)
+
+
+def allowed(logits: torch.Tensor) -> list[list[int]]:
+    return [torch.nonzero(torch.isfinite(row)).flatten().tolist() for row in logits]
+
+
+def chord(name: str) -> int:
+    return parse_chord(name).token(TOK)
+
+
+def test_chord_lock_forces_first_word_of_bar_and_half_bar():
+    lock = ChordLock.build(parse_progression("C [G Am] F"), TOK)
+    state = make_state([
+        pos_row(0, -1, 0),      # bar 0, first onset -> C
+        pos_row(0, 0, 8),       # later onset -> Conti
+        pos_row(1, -1, 4),      # bar 1, first onset in first half -> G
+        pos_row(1, 4, 16),      # first onset at/after the half bar -> Am
+        pos_row(1, 16, 24),     # after that -> Conti
+        pos_row(1, -1, 20),     # bar 1 whose first onset is in the second half -> Am
+        pos_row(3, -1, 0),      # bar 3 cycles to bar 0 -> C
+        pos_row(2, 2, 18),      # one-chord bar: half bar -> Conti
+        dict(family=FAMILY_NOTE, bar=0, position=3),  # a note row: untouched
+        pos_row(-1, 3, 9),      # the primer's bar: free
+        pos_row(0, -1, 0, done=True),  # finished row: untouched
+    ])
+    logits = torch.randn(len(state.bar), TOK.vocab_sizes["chord"])
+    out = lock(state, "chord", logits)
+    expected = [[chord("C")], [CONTI], [chord("G")], [chord("Am")], [CONTI], [chord("Am")], [chord("C")], [CONTI]]
+    assert allowed(out)[:8] == expected
+    assert torch.equal(out[8:], logits[8:])
+    assert lock(state, "pitch", logits) is logits
+
+
+def test_chord_lock_forces_the_chord_where_the_grammar_forbids_conti():
+    lock = ChordLock.build(parse_progression("Dm"), TOK)
+    logits = torch.zeros(1, TOK.vocab_sizes["chord"])
+    logits[0, CONTI] = -math.inf
+    assert allowed(lock(make_state([pos_row(0, 3, 9)]), "chord", logits)) == [[chord("Dm")]]
+
+
+def test_key_lock_masks_and_penalises_note_rows_only():
+    mask = scale_pitch_mask(TOK, (9, "minor"))
+    state = make_state([dict(family=FAMILY_NOTE, position=0), pos_row(0, -1, 0)])
+    logits = torch.zeros(2, TOK.vocab_sizes["pitch"])
+    hard = KeyLock(mask, math.inf)(state, "pitch", logits)
+    assert set(allowed(hard)[0]) == set(range(TOK.vocab_sizes["pitch"])) - set(torch.nonzero(mask).flatten().tolist())
+    assert torch.equal(hard[1], logits[1])
+    soft = KeyLock(mask, key_penalty_nats(0.5))(state, "pitch", logits)
+    probs = torch.softmax(soft[0, VALUE0:], -1)
+    out, inside = mask[VALUE0:], ~mask[VALUE0:]
+    assert float(probs[out][0] / probs[inside][0]) == pytest.approx(0.5)  # strength 0.5 halves the odds
+    assert torch.equal(soft[1], logits[1])
+
+
+def test_tempo_lock():
+    lock = TempoLock(TEMPO0 + quantise_tempo(96, TOK.config))
+    want = TEMPO0 + quantise_tempo(96, TOK.config)
+    state = make_state([pos_row(0, -1, 0), pos_row(0, 0, 8), pos_row(2, -1, 0), pos_row(-1, 4, 8)])
+    logits = torch.randn(4, TOK.vocab_sizes["tempo"])
+    assert allowed(lock(state, "tempo", logits)) == [[want], [CONTI, want], [CONTI, want], [CONTI, want]]
+    no_conti = logits.clone()
+    no_conti[:, CONTI] = -math.inf
+    assert allowed(lock(state, "tempo", no_conti)) == [[want]] * 4
+
+
+def test_density_bias_pushes_notes_when_behind_and_metre_when_ahead():
+    bias = DensityBias(16.0)
+    state = make_state([dict(position=15, notes_in_bar=0), dict(position=15, notes_in_bar=20),
+                        dict(position=-1, notes_in_bar=0), dict(position=15, notes_in_bar=8)])
+    logits = torch.zeros(4, TOK.vocab_sizes["family"])
+    out = bias(state, "family", logits)
+    assert out[0, FAMILY_NOTE] > 0 and out[1, FAMILY_NOTE] < 0  # behind / ahead of the pace
+    assert out[2, FAMILY_NOTE] == 0 and out[3, FAMILY_NOTE] == 0  # at a bar's start / on pace
+    assert torch.equal(out[:, FAMILY_METRIC], logits[:, FAMILY_METRIC])
+
+
+# ---------------------------------------------------------------- the config
+
+
+def test_locks_json_round_trip_and_processors():
+    locks = Locks(chords="C [G Am] F", key="Eb major", key_strength=0.5, tempo_bpm=96, notes_per_bar=12)
+    assert Locks.from_json(locks.to_json()) == locks
+    kinds = [type(p) for p in locks.processors(TOK)]
+    assert kinds == [ChordLock, KeyLock, TempoLock, DensityBias]
+    assert Locks().processors(TOK) == []
+    assert Locks(key="C", key_strength=0).processors(TOK) == []
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    (dict(chords="C Hm"), "'Hm'"), (dict(key="Q minor"), "'Q minor'"), (dict(key_strength=1.5), "key strength"),
+    (dict(tempo_bpm=0), "beats per minute"), (dict(notes_per_bar=-1), "notes per bar"),
+    (dict(key_strength=True), "key strength"),
+])
+def test_locks_validation(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        Locks(**kwargs)
+
+
+def test_key_from_primer():
+    words = TOK.encode_score(_a_minor_score(), end=False)
+    lock = Locks(key="from primer").processors(TOK, primer_words=words)[0]
+    assert torch.equal(lock.out_of_key, scale_pitch_mask(TOK, (9, "minor")))
+    with pytest.raises(ValueError, match="needs a primer"):
+        Locks(key="from primer").processors(TOK)
+
+
+def _a_minor_score():
+    from cwcompose.tokenizer import Score, ScoreNote
+
+    melody = [57, 60, 64, 57, 62, 65, 69, 64, 59, 57, 52, 57]  # A minor arpeggios, tonic-heavy
+    return Score(notes=[ScoreNote(onset=8 * i, pitch=p, duration_class=7, velocity_class=40)
+                        for i, p in enumerate(melody)], tempo_at={0: 10}, chord_at={0: CHORD_NONE})
