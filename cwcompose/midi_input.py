@@ -14,9 +14,10 @@ import miditoolkit
 import numpy as np
 
 from cwcompose.chords import estimate_chord
+from cwcompose.midi_file import MidiReadError, no_piano_notes, read_midi
 from cwcompose.tokenizer import (
-    CHORD_NONE, PITCH_CLASSES, MidiReadError, Score, ScoreNote, TokenizerConfig,
-    quantise_durations, quantise_tempo, quantise_velocities, read_midi,
+    CHORD_NONE, PITCH_CLASSES, Score, ScoreNote, TokenizerConfig,
+    quantise_durations, quantise_tempo, quantise_velocities,
 )
 
 
@@ -28,13 +29,7 @@ def piano_notes(midi: miditoolkit.MidiFile, config: TokenizerConfig) -> list[mid
     notes = [n for inst in midi.instruments if not inst.is_drum for n in inst.notes
              if config.pitch_min <= n.pitch <= config.pitch_max]
     if not notes:
-        if any(inst.notes for inst in midi.instruments if not inst.is_drum):
-            what = f"no notes in the piano range (MIDI {config.pitch_min}-{config.pitch_max})"
-        elif any(inst.notes for inst in midi.instruments):
-            what = "only drum notes (drums are dropped)"
-        else:
-            what = "no notes"
-        raise MidiReadError(f"the MIDI file has {what}; upload a piano part with notes")
+        raise MidiReadError(no_piano_notes(midi, config.pitch_min, config.pitch_max))
     return sorted(notes, key=lambda n: (n.start, n.pitch))
 
 
@@ -61,8 +56,9 @@ def score_from_midi(midi: miditoolkit.MidiFile | str | Path, config: TokenizerCo
     onsets = np.maximum(np.round((starts - origin_tick) / step), 0).astype(int)
     span_bars = int(onsets.max()) // config.positions_per_bar + 1
     if span_bars > MAX_BARS:
-        raise MidiReadError(f"the MIDI file is too long: its notes span {span_bars} bars; "
-                            f"at most {MAX_BARS} bars can be read (trim the file)")
+        raise MidiReadError(f"the MIDI file is too long: its notes span {span_bars} bars, and at most {MAX_BARS} "
+                            "bars can be read (a very long silence between notes does this too); trim it to "
+                            "the part you want in your editor and upload that")
     lengths = np.array([n.end - n.start for n in notes], float) / step
     score = Score(notes=[
         ScoreNote(int(o), n.pitch, int(d), int(v)) for o, n, d, v in zip(

@@ -22,7 +22,6 @@ but not its bar lines. Tracks are merged into one piano part, drums dropped.
 from __future__ import annotations
 
 import dataclasses
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +30,7 @@ import miditoolkit
 import numpy as np
 
 from cwcompose.chords import parse_chord_label
+from cwcompose.midi_file import MidiReadError, read_midi  # noqa: F401 (re-exported: the one MIDI reader)
 from cwcompose.jsonconfig import JsonConfig
 
 PAD, IGNORE = 0, 1
@@ -41,10 +41,6 @@ METRIC_FIELDS = ("bar_pos", "tempo", "chord", "rest")
 NOTE_FIELDS = ("pitch", "duration", "velocity")
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 CHORD_QUALITIES = ("maj", "min", "dim", "aug", "sus2", "sus4", "7", "maj7", "min7", "hdim7", "dim7")
-
-
-class MidiReadError(ValueError):
-    """The input is not a readable MIDI file, or it holds no playable notes."""
 
 
 @dataclass(frozen=True)
@@ -345,45 +341,3 @@ class CPTokenizer:
         events = [n.end for n in piano.notes] + [t.time for t in midi.tempo_changes] + [m.time for m in midi.markers]
         midi.max_tick = max(events, default=0)
         return midi
-
-
-# ---------------------------------------------------------------- reading MIDI
-
-
-def read_midi(midi: str | Path | bytes | miditoolkit.MidiFile) -> miditoolkit.MidiFile:
-    """Open a MIDI file, turning every way it can fail into :class:`MidiReadError`."""
-    if isinstance(midi, miditoolkit.MidiFile):
-        return midi
-    if isinstance(midi, (str, Path)):
-        try:
-            data = Path(midi).read_bytes()
-        except OSError as err:
-            raise MidiReadError(f"cannot read {Path(midi).name}: {err.strerror or err}") from err
-    else:
-        data = bytes(midi)
-    _check_header(data)
-    try:
-        parsed = miditoolkit.MidiFile(file=io.BytesIO(data))
-    except Exception as err:  # mido raises many types for damaged files
-        raise MidiReadError(f"the MIDI file is damaged or truncated ({type(err).__name__}: {err})") from err
-    if parsed.ticks_per_beat <= 0:
-        raise MidiReadError("the MIDI file declares 0 ticks per beat; re-export it from your editor")
-    return parsed
-
-
-def _check_header(data: bytes) -> None:
-    if not data:
-        raise MidiReadError("the file is empty; upload a .mid file with notes in it")
-    if data[:4] == b"RIFF":
-        raise MidiReadError("this is a WAV/RIFF audio file, not MIDI; export MIDI from your editor")
-    if data[:4] != b"MThd":
-        raise MidiReadError("not a MIDI file (it does not start with the 'MThd' header)")
-    if len(data) < 14:
-        raise MidiReadError("the MIDI header is truncated")
-    division = int.from_bytes(data[12:14], "big")
-    if division & 0x8000:
-        raise MidiReadError("SMPTE time division is not supported; save the file with ticks per beat")
-    if division == 0:
-        raise MidiReadError("the MIDI file declares 0 ticks per beat; re-export it from your editor")
-    if int.from_bytes(data[10:12], "big") == 0:
-        raise MidiReadError("the MIDI file has no tracks; upload a file with a piano part")

@@ -4,12 +4,14 @@ One in-process app on tiny stand-in checkpoints serves every case (module-scoped
 case must come back as a continuation or as an error whose message names the problem,
 within a hang guard, and the server must still compose normally afterwards. The same
 catalogue also goes straight through the tokenizer and the primer cutter, where the
-only exception allowed out is MidiReadError.
+only exception allowed out is MidiReadError, whose message names the specific problem,
+says what to do, and never shows a Python exception name.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +23,15 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from cwcompose.generation import count_bars, primer_words
+from cwcompose.midi_file import MAX_FILE_BYTES, read_midi
 from cwcompose.studio import ComposeRequest, Limits, RequestError, Studio
 from cwcompose.tokenizer import CPTokenizer, MidiReadError
-from odd_midi import OddMidi, catalogue, huge_upload, piano_file
+from odd_midi import OddMidi, catalogue, huge_upload, message_faults, piano_file
 import app as app_module
 from app_harness import make_tiny_checkpoints
 
 CASES = catalogue()
+UNREADABLE = [c for c in CASES if not c.ok and c.stage == "midi"]  # refused for what the bytes hold
 ROOT = Path(__file__).resolve().parents[1]
 PRIMER_BARS = 4  # more than most catalogue files hold: "keep the last N bars" must still hold
 BARS = 1
@@ -112,8 +116,10 @@ def test_odd_upload_gives_a_continuation_or_a_clear_message(app, case: OddMidi, 
     if case.ok:
         check_continuation(compose(app, primer), app.studio.limits)
     else:
-        with pytest.raises((AppError, ValueError), match=case.message):
+        with pytest.raises((AppError, ValueError), match=case.message) as raised:
             compose(app, primer)
+        if case.stage == "midi":
+            assert not message_faults(str(raised.value)), str(raised.value)
 
 
 def test_the_server_is_healthy_after_the_catalogue(app, pop909):
@@ -141,6 +147,37 @@ def test_tokenizer_reads_the_catalogue_or_raises_midi_read_error(case: OddMidi):
             tokenizer.encode(data)
         with pytest.raises(MidiReadError, match=case.message):
             primer_words(tokenizer, data, PRIMER_BARS)
+
+
+@pytest.mark.parametrize("case", UNREADABLE, ids=[c.name for c in UNREADABLE])
+def test_every_unreadable_file_names_its_problem_and_a_remedy(case: OddMidi):
+    """The message names this case's specific problem (its catalogue words), says what to
+    do, shows no exception class name or traceback, and is never the catch-all."""
+    with pytest.raises(MidiReadError) as raised:
+        CPTokenizer().encode(case.make())
+    message = str(raised.value)
+    assert re.search(case.message, message), f"should name {case.message!r}: {message}"
+    assert not message_faults(message), f"{message_faults(message)}: {message}"
+    assert "cannot pin down" not in message, f"the catch-all answered: {message}"
+
+
+def test_no_catalogue_case_settles_for_a_generic_word():
+    generic = {"damaged", "not a MIDI file", "error"}
+    assert not [c.name for c in UNREADABLE if c.message in generic]
+
+
+def test_a_file_over_the_readers_cap_is_refused_before_it_is_read(tmp_path):
+    big = tmp_path / "huge.mid"
+    huge_upload(big, size_mb=MAX_FILE_BYTES // 2**20 + 1)  # sparse: reading it would take the memory
+    with pytest.raises(MidiReadError, match=r"too large: 65\.0 MB, and at most 64 MB") as raised:
+        read_midi(big)
+    assert not message_faults(str(raised.value))
+
+
+def test_a_missing_file_says_what_to_check(tmp_path):
+    with pytest.raises(MidiReadError, match="cannot read gone.mid: No such file or directory") as raised:
+        read_midi(tmp_path / "gone.mid")
+    assert not message_faults(str(raised.value))
 
 
 # ---------------------------------------------------------------- limits
