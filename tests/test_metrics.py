@@ -346,3 +346,91 @@ def test_verdict_follows_the_numbers():
     del changes[80000]
     text = verdict(results(changes))
     assert text.startswith("Step 80000 was not evaluated") and "holds." in text and "lacking variation" not in text
+
+
+# ---------------------------------------------------------------- coherence with a primer, long form
+
+
+def test_jaccard_known_values():
+    from cwcompose.metrics import jaccard
+
+    assert jaccard(frozenset({1, 2, 3}), frozenset({2, 3, 4})) == 0.5
+    assert jaccard(frozenset({1}), frozenset({1})) == 1.0
+    assert jaccard(frozenset(), frozenset()) == 0.0 and jaccard(frozenset({1}), frozenset()) == 0.0
+
+
+def test_a_repeated_four_bar_phrase_closely_and_exactly_repeats_in_every_repeat():
+    from cwcompose.metrics import close_repeat_share, close_repeats, exact_repeat_share, exact_repeats
+
+    phrase = distinct_bars(4)
+    notes = piece(*phrase, *phrase, *phrase)
+    assert close_repeats(notes).tolist() == [False] * 4 + [True] * 8
+    assert exact_repeats(notes).tolist() == [False] * 4 + [True] * 8
+    assert close_repeat_share(notes, first_bar=4) == 1.0 and exact_repeat_share(notes, first_bar=4) == 1.0
+    assert close_repeat_share(notes) == pytest.approx(8 / 12)
+    distinct = piece(*distinct_bars(12))
+    assert close_repeat_share(distinct) == 0.0 and exact_repeat_share(distinct) == 0.0
+
+
+def test_close_repeats_ignore_octave_and_small_changes_but_not_transposition_or_far_bars():
+    from cwcompose.metrics import close_repeat_share, close_repeats, exact_repeats
+
+    bar = melody(C_MAJOR_SCALE)  # 8 onsets
+    varied = bar[:-1] + [(28, 74, 4)]  # one note of eight changed: Jaccard 7/9
+    octave = [(pos, pitch + 12, dur) for pos, pitch, dur in bar]
+    semitone = [(pos, pitch + 1, dur) for pos, pitch, dur in bar]
+    notes = piece(bar, varied, octave, semitone)
+    assert close_repeats(notes).tolist() == [False, True, True, False]
+    assert exact_repeats(notes).tolist() == [False, False, False, False]
+    far = piece(bar, *distinct_bars(8, transpose=30), bar)  # the repeat is 9 bars back
+    assert not close_repeats(far)[-1] and close_repeats(far, lookback=9)[-1]
+    assert close_repeats(notes, threshold=0.8).tolist() == [False, False, True, False]
+    assert math.isnan(close_repeat_share(piece([], [])))  # no bar with notes: undefined
+
+
+def test_key_adherence_against_the_primer_key():
+    from cwcompose.metrics import coherence_metrics, same_key
+
+    scale = melody(C_MAJOR_SCALE)
+    c_major = piece(scale)
+    assert out_of_key_ratio(c_major, (0, "major")) == 0.0
+    assert out_of_key_ratio(c_major, (6, "major")) > 0.5  # only B and F (E#) are in F# major: 6 of 8 out
+    f_sharp = [(pos, pitch + 6, dur) for pos, pitch, dur in scale]
+    staying = coherence_metrics(piece(scale, scale, scale, scale), primer_bars=2)
+    leaving = coherence_metrics(piece(scale, scale, f_sharp, f_sharp), primer_bars=2)
+    assert staying.primer_key == "C major" and staying.key == "C major"
+    assert staying.out_of_key_vs_primer == 0.0 and staying.same_key == 1.0
+    assert leaving.key == "F# major" and leaving.out_of_key_vs_primer == 0.75 and leaving.same_key == 0.0
+    assert math.isnan(same_key(piece([]), c_major))
+
+
+def test_coherence_metrics_count_repeats_of_the_primer_and_relative_density():
+    from cwcompose.metrics import coherence_metrics
+
+    phrase = distinct_bars(2)
+    dense = [melody(C_MAJOR_SCALE)] * 2  # 8 notes a bar against the phrase's 4
+    metrics = coherence_metrics(piece(*phrase, *phrase, *dense), primer_bars=2)
+    # bars 2, 3 repeat the primer, bar 5 repeats bar 4; the first dense bar repeats nothing
+    assert metrics.close_repeats == 0.75 and metrics.exact_repeats == 0.75
+    assert metrics.repetition == 0.25  # today's metric sees the continuation alone: bar 5 repeats bar 4
+    assert metrics.density_ratio == pytest.approx((24 / 4) / 4)
+    silent_primer = coherence_metrics(piece([], [], *phrase), primer_bars=2)
+    assert math.isnan(silent_primer.density_ratio) and math.isnan(silent_primer.out_of_key_vs_primer)
+    assert silent_primer.primer_key == "-"
+
+
+def test_long_form_chunks_measure_drift_dead_bars_and_loops_per_chunk():
+    from cwcompose.metrics import long_form_chunks
+
+    scale = melody(C_MAJOR_SCALE)
+    f_sharp = [(pos, pitch + 6, dur) for pos, pitch, dur in scale]
+    others = distinct_bars(3, transpose=1)
+    # primer 2 bars of C major; chunk 0: four repeats of the scale; chunk 1: F# major, a silent bar, new bars
+    notes = piece(scale, scale, scale, scale, scale, scale, f_sharp, [], *others[:2])
+    chunks = long_form_chunks(notes, primer_bars=2, chunk_bars=4)
+    assert [(c["first_bar"], c["bars"]) for c in chunks] == [(0, 4), (4, 4)]
+    assert chunks[0] == {"first_bar": 0, "bars": 4, "drift": 0.0, "dead_bars": 0.0, "exact_loops": 1.0,
+                         "close_loops": 1.0, "note_density": 8.0}
+    assert chunks[1]["dead_bars"] == 0.25 and chunks[1]["exact_loops"] == 0.0 and chunks[1]["close_loops"] == 0.0
+    assert chunks[1]["drift"] > 0.5
+    assert [c["bars"] for c in long_form_chunks(notes, primer_bars=2, chunk_bars=3)] == [3, 3, 2]
