@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cwcompose.attention import causal_relative_attention
 from cwcompose.jsonconfig import JsonConfig
 from cwcompose.tokenizer import FIELDS, IGNORE, PAD
 
@@ -80,20 +81,6 @@ def skew(relative_logits: torch.Tensor) -> torch.Tensor:
     return padded.reshape(*batch, lq * (lk + 1))[..., lq:].reshape(*batch, lq, lk)
 
 
-def causal_skew(relative_logits: torch.Tensor) -> torch.Tensor:
-    """The skew of a square (..., L, L) block with the causal mask folded in: entry (i, j)
-    is ``relative_logits[i, L-1-(i-j)]`` for j <= i and -inf above the diagonal.
-
-    One copy (a pad of L columns of -inf), then views only: row i of the result starts
-    at flat offset i*(2L-1) + L-1 of the padded (L, 2L) block, so the columns past L-1
-    that it reaches for j > i are the -inf padding."""
-    *batch, length, width = relative_logits.shape
-    assert length == width, "causal_skew needs as many queries as keys"
-    padded = F.pad(relative_logits, (0, length), value=float("-inf"))  # (..., L, 2L)
-    flat = padded.flatten(-2)[..., length - 1: length - 1 + length * (2 * length - 1)]
-    return flat.unflatten(-1, (length, 2 * length - 1))[..., :length]
-
-
 def causal_mask(lq: int, lk: int, device: torch.device) -> torch.Tensor:
     """(Lq, Lk) bool, True where query i (the (Lk-Lq+i)-th position) may see key j."""
     query_pos = torch.arange(lk - lq, lk, device=device)[:, None]
@@ -140,14 +127,15 @@ class RelativeSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.append(layer, k, v)
         lk = k.size(2)
+        dropout = self.dropout if self.training else 0.0
+        if lq == lk and dropout == 0.0:  # a whole window (training, prefill)
+            y = causal_relative_attention(q, k, v, self.relative_table(lk))
+            return self.out(y.transpose(1, 2).reshape(b, lq, d))
         bias = q @ self.relative_table(lk).to(q.dtype).T / math.sqrt(self.head_dim)
-        if lq == lk:  # a whole window (training, prefill)
-            bias = causal_skew(bias)
-        elif lq > 1:  # new queries after cached keys
+        if lq > 1:  # new queries after cached keys (or a window with attention dropout)
             bias = skew(bias).masked_fill(~causal_mask(lq, lk, x.device), float("-inf"))
         # else: one new query sees every cached key, no skew or mask needed
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
         return self.out(y.transpose(1, 2).reshape(b, lq, d))
 
 

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from cwcompose.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from cwcompose.model import CPTransformer, KVCache, ModelConfig, RelativeSelfAttention, causal_skew, skew, total_loss
+from cwcompose.attention import causal_relative_attention, skewed_view
+from cwcompose.model import CPTransformer, KVCache, ModelConfig, RelativeSelfAttention, skew, total_loss
 from cwcompose.tokenizer import FIELDS, IGNORE, PAD, CPTokenizer, TokenizerConfig
 
 TINY = dict(d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=0.0, max_relative_distance=8,
@@ -90,10 +91,34 @@ def test_relative_attention_matches_naive_at_the_training_context():
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
 
 
-def test_causal_skew_equals_skew_then_mask():
+def test_skewed_view_of_the_padded_block_is_skew_then_causal_mask():
     logits = torch.randn(2, 3, 37, 37)
     mask = torch.arange(37)[None, :] <= torch.arange(37)[:, None]
-    torch.testing.assert_close(causal_skew(logits), skew(logits).masked_fill(~mask, float("-inf")))
+    padded = F.pad(logits, (0, 37), value=float("-inf"))
+    torch.testing.assert_close(skewed_view(padded), skew(logits).masked_fill(~mask, float("-inf")))
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 24])
+def test_hand_written_attention_backward_passes_gradcheck(length):
+    g = torch.Generator().manual_seed(length)
+    q, k, v = (torch.randn(2, 3, length, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    table = torch.randn(length, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(causal_relative_attention, (q, k, v, table))
+
+
+def test_hand_written_attention_gradients_equal_autograd_through_the_naive_reference():
+    """The model's whole-window path against the written-out reference, forward and every gradient."""
+    def outputs_and_grads(fn):
+        attn = attention_under_test(3)
+        x = torch.randn(2, 40, 32, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        y = fn(attn, x)
+        y.backward(torch.ones_like(y))
+        return [y, x.grad, attn.relative.grad, attn.qkv.weight.grad]
+
+    got = outputs_and_grads(lambda attn, x: attn(x))
+    want = outputs_and_grads(lambda attn, x: naive_relative_attention(attn, x, x.size(1)))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_configs_from_before_context_load_as_256_word_models():
