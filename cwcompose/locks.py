@@ -43,13 +43,13 @@ from cwcompose.chords import CHORD_TEMPLATES, NOTE_OFFSETS
 from cwcompose.jsonconfig import JsonConfig
 from cwcompose.metrics import SCALES, estimate_key, grid_notes_from_words
 from cwcompose.tokenizer import (
-    CHORD_NONE, CHORD_QUALITIES, COL, CONTI, FAMILY_METRIC, FAMILY_NOTE, IGNORE, PITCH_CLASSES, POS0, TEMPO0,
+    BAR, CHORD_NONE, CHORD_QUALITIES, COL, CONTI, FAMILY_METRIC, FAMILY_NOTE, IGNORE, PITCH_CLASSES, POS0, REST, TEMPO0,
     VALUE0, CPTokenizer, quantise_tempo,
 )
 
 MAX_PENALTY_NATS = 20.0  # a key penalty never exceeds this (strength -> 1 below the hard mask)
-DENSITY_GAIN_NATS = 0.75  # density bias per note behind (or ahead of) the target's pace
-DENSITY_MAX_BIAS_NATS = 4.0
+DENSITY_GAIN_NATS = 2.0  # density bias per note behind (or ahead of) the target's pace
+DENSITY_MAX_BIAS_NATS = 8.0
 MIN_TEMPO_BPM, MAX_TEMPO_BPM = 20.0, 500.0
 MAX_NOTES_PER_BAR = 128.0
 
@@ -285,14 +285,20 @@ class TempoLock:
 
 @dataclass(frozen=True)
 class DensityBias:
-    """Steers notes per bar towards ``target`` with a bias on the family field.
+    """Steers notes per bar towards ``target`` with biases on the family and bar_pos fields.
 
-    When a word's family is drawn after an onset at position p (0..31) of a bar that
-    already holds n notes, the pace says ``target * (p + 1) / positions_per_bar`` notes
-    by now; the Note family's logit gains ``gain`` nats per note behind that pace (loses
-    them when ahead), clipped to +-``max_bias`` nats. It shapes how many notes sound per
-    onset, not how many onsets a bar has, so it pulls density towards the target without
-    reaching it exactly (``bench/locks.py`` measures how far)."""
+    The pace says a bar that holds n notes should hold ``target * (q + 1) / positions_per_bar``
+    by position q (0..31). Biases, each ``gain`` nats per note off the pace, clipped to
+    ``max_bias`` nats:
+
+    - family, after an onset at position p: the Note family gains the shortfall
+      ``pace(p) - n`` (loses it when ahead): more or fewer notes on this onset;
+    - bar_pos: every later position q loses the lead ``n - pace(q)`` where positive (the
+      next onset moves to where the pace has caught up), and Bar and Rest lose what the
+      bar still lacks, ``target - n`` (a thin bar is not closed early).
+
+    It steers the model rather than dictating to it: ``bench/locks.py`` measures how close
+    the notes per bar come to the target."""
 
     target: float
     positions_per_bar: int = 32
@@ -300,15 +306,27 @@ class DensityBias:
     max_bias: float = DENSITY_MAX_BIAS_NATS
 
     def __call__(self, state, field: str, logits: torch.Tensor) -> torch.Tensor:
-        if field != "family":
+        if field not in ("family", "bar_pos"):
             return logits
-        rows = (state.current[:, COL["family"]] == IGNORE) & ~state.done & (state.position >= 0)
-        pace = self.target * (state.position + 1).to(logits.dtype) / self.positions_per_bar
-        bias = ((pace - state.notes_in_bar.to(logits.dtype)) * self.gain).clamp(-self.max_bias, self.max_bias)
-        bias = torch.where(rows.to(logits.device), bias.to(logits.device), torch.zeros_like(bias, device=logits.device))
-        column = torch.zeros(logits.shape[1], dtype=logits.dtype, device=logits.device)
-        column[FAMILY_NOTE] = 1.0
-        return logits + bias[:, None] * column[None, :]
+        notes = state.notes_in_bar.to(logits.device, logits.dtype)[:, None]
+        if field == "family":
+            rows = (state.current[:, COL["family"]] == IGNORE) & ~state.done & (state.position >= 0)
+            pace = self.target * (state.position + 1).to(logits.device, logits.dtype)[:, None] / self.positions_per_bar
+            bias = torch.zeros_like(logits)
+            note = ((pace - notes) * self.gain).clamp(-self.max_bias, self.max_bias)
+            first = (state.notes_at_onset == 0).to(logits.device)[:, None]  # an onset keeps its first note
+            bias[:, FAMILY_NOTE:FAMILY_NOTE + 1] = torch.where(first, note.clamp(min=0.0), note)
+        else:
+            rows = (state.current[:, COL["family"]] == FAMILY_METRIC) & ~state.done
+            q = torch.arange(self.positions_per_bar, device=logits.device, dtype=logits.dtype)[None, :]
+            bias = torch.zeros_like(logits)
+            bias[:, POS0:POS0 + self.positions_per_bar] = -self._nats(notes - self.target * (q + 1) / self.positions_per_bar)
+            bias[:, BAR:REST + 1] = -self._nats(self.target - notes)
+        return torch.where(rows.to(logits.device)[:, None], logits + bias, logits)
+
+    def _nats(self, notes_off: torch.Tensor) -> torch.Tensor:
+        """Notes off the pace (positive side only) -> nats of bias."""
+        return (notes_off * self.gain).clamp(0.0, self.max_bias)
 
 
 # ---------------------------------------------------------------- the request's locks

@@ -13,7 +13,7 @@ from cwcompose.locks import (
     parse_progression, scale_pitch_mask,
 )
 from cwcompose.tokenizer import (
-    CHORD_NONE, COL, CONTI, FAMILY_METRIC, FAMILY_NOTE, FIELDS, IGNORE, POS0, TEMPO0, VALUE0, CPTokenizer,
+    BAR, CHORD_NONE, COL, CONTI, REST, FAMILY_METRIC, FAMILY_NOTE, FIELDS, IGNORE, POS0, TEMPO0, VALUE0, CPTokenizer,
     quantise_tempo,
 )
 
@@ -205,13 +205,29 @@ def test_tempo_lock():
 
 def test_density_bias_pushes_notes_when_behind_and_metre_when_ahead():
     bias = DensityBias(16.0)
-    state = make_state([dict(position=15, notes_in_bar=0), dict(position=15, notes_in_bar=20),
+    state = make_state([dict(position=15, notes_in_bar=0), dict(position=15, notes_in_bar=20, notes_at=2),
                         dict(position=-1, notes_in_bar=0), dict(position=15, notes_in_bar=8)])
     logits = torch.zeros(4, TOK.vocab_sizes["family"])
     out = bias(state, "family", logits)
     assert out[0, FAMILY_NOTE] > 0 and out[1, FAMILY_NOTE] < 0  # behind / ahead of the pace
     assert out[2, FAMILY_NOTE] == 0 and out[3, FAMILY_NOTE] == 0  # at a bar's start / on pace
     assert torch.equal(out[:, FAMILY_METRIC], logits[:, FAMILY_METRIC])
+    first_note = make_state([dict(position=15, notes_in_bar=20, notes_at=0)])
+    assert bias(first_note, "family", logits[:1])[0, FAMILY_NOTE] == 0  # an onset keeps its first note
+
+
+def test_density_bias_moves_onsets_to_where_the_pace_catches_up():
+    bias = DensityBias(8.0)  # pace: (q + 1) / 4 notes by position q
+    state = make_state([dict(family=FAMILY_METRIC, position=3, notes_in_bar=4),
+                        dict(family=FAMILY_METRIC, position=3, notes_in_bar=8),
+                        dict(family=FAMILY_NOTE, position=3, notes_in_bar=4)])
+    logits = torch.zeros(3, TOK.vocab_sizes["bar_pos"])
+    out = bias(state, "bar_pos", logits)
+    assert out[0, POS0 + 4] == pytest.approx(-2.0 * (4 - 5 / 4))  # 2 nats per note ahead of the pace
+    assert out[0, POS0 + 15] == 0 and out[0, POS0 + 31] == 0
+    assert out[0, BAR] == out[0, REST] == -8.0  # 4 notes short: closing the bar costs (capped) 8 nats
+    assert out[1, BAR] == 0  # the target is met: the bar may close
+    assert torch.equal(out[2], logits[2])
 
 
 # ---------------------------------------------------------------- the config
