@@ -112,13 +112,18 @@ def _run_generate(args) -> int:
 
 def _add_evaluate(commands) -> None:
     p = commands.add_parser("evaluate", help="held-out loss and music metrics of checkpoints -> a markdown report")
-    p.add_argument("checkpoints", nargs="*", help="steps or paths (default: the shipped 10000 28500 80000)")
+    p.add_argument("checkpoints", nargs="*",
+                   help="steps (28500), older generations' steps (v1/28500) or paths (default: every shipped one)")
     p.add_argument("--data", type=Path, default=Path("data/pop909"), help="a prepared dataset")
     p.add_argument("--split", default="test", help="its held-out split: loss, primers and real excerpts")
     p.add_argument("--seeds", type=int, default=8, help="pieces per checkpoint and condition (seeds 0..N-1)")
     p.add_argument("--bars", type=int, default=16, help="bars per composed piece and real excerpt")
     p.add_argument("--primer-bars", type=int, default=8)
     p.add_argument("--windows", type=int, default=64, help="held-out windows for the loss")
+    p.add_argument("--pieces", type=int, default=16,
+                   help="coherence: continue the primers of this many held-out songs (each with every seed)")
+    p.add_argument("--long-form-bars", type=int, default=300, help="bars of the one long piece per checkpoint (0: none)")
+    p.add_argument("--long-form-chunk", type=int, default=30, help="bars per chunk the long piece is measured in")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed so the numbers do not vary)")
     p.add_argument("--out", type=Path, default=Path("docs"), help="folder for EVALUATION.md and its plots")
     p.add_argument("--loss-csv", type=Path,
@@ -137,7 +142,9 @@ def _run_evaluate(args) -> int:
     if not checkpoints:
         raise SystemExit("cwcompose evaluate: no checkpoints given and none shipped in checkpoints/")
     try:
-        config = EvalConfig(seeds=args.seeds, bars=args.bars, primer_bars=args.primer_bars, nll_windows=args.windows)
+        config = EvalConfig(seeds=args.seeds, bars=args.bars, primer_bars=args.primer_bars, nll_windows=args.windows,
+                            pieces=args.pieces, long_form_bars=args.long_form_bars,
+                            long_form_chunk=args.long_form_chunk)
     except ValueError as err:
         raise SystemExit(f"cwcompose evaluate: {err}") from None
     if args.loss_csv and not args.loss_csv.is_file():  # checked before the minutes of composing, not after

@@ -10,14 +10,19 @@ from pathlib import Path
 
 import numpy as np
 
-from cwcompose.evaluation import CONDITIONS, verdict
-from cwcompose.metrics import METRIC_LABELS, VARIETY_LABELS
+from cwcompose.evaluation import CONDITIONS, generations_paragraph, verdict
+from cwcompose.metrics import (
+    CLOSE_REPEAT_JACCARD, COHERENCE_LABELS, LONG_FORM_LABELS, METRIC_LABELS, REPEAT_LOOKBACK, VARIETY_LABELS,
+)
 from cwcompose.tokenizer import FIELDS
 
 # ---------------------------------------------------------------- report
 
 DIGITS = {"h1": 2, "h4": 2, "groove_similarity": 3, "out_of_key": 3, "note_density": 1, "polyphony": 2,
           "pitch_range": 1, "repetition": 2, "longest_repeat": 1, "copying": 2}
+COHERENCE_DIGITS = {"out_of_key_vs_primer": 3, "same_key": 2, "close_repeats": 3, "exact_repeats": 3,
+                    "repetition": 3, "density_ratio": 2}
+LONG_FORM_DIGITS = {"drift": 3, "dead_bars": 2, "exact_loops": 2, "close_loops": 2, "note_density": 1}
 
 
 def format_stat(stat: dict, digits: int) -> str:
@@ -45,6 +50,86 @@ def variety_table(results: dict) -> str:
     stats.append((f"real excerpts ({results['real']['variety']['rhythm']['n']} songs)", results["real"]["variety"]))
     rows = [[label] + [format_stat(v[name], 3) for name in VARIETY_LABELS] for label, v in stats]
     return markdown_table(["pieces"] + list(VARIETY_LABELS.values()), rows)
+
+
+def coherence_table(results: dict) -> str:
+    real = results["real"]["coherence"]
+    rows = [[e["label"], str(len(e["coherence"]["pieces"]))]
+            + [format_stat(e["coherence"]["summary"][m], COHERENCE_DIGITS[m]) for m in COHERENCE_LABELS]
+            for e in results["checkpoints"]]
+    rows.append(["real continuations", str(len(real["pieces"]))]
+                + [format_stat(real["summary"][m], COHERENCE_DIGITS[m]) for m in COHERENCE_LABELS])
+    return markdown_table(["pieces", "n"] + list(COHERENCE_LABELS.values()), rows)
+
+
+def coherence_gap_table(results: dict) -> str:
+    """Each checkpoint's mean minus the real continuations' mean, per coherence measure."""
+    real = results["real"]["coherence"]["summary"]
+    rows = [[e["label"]] + [f"{e['coherence']['summary'][m]['mean'] - real[m]['mean']:+.{COHERENCE_DIGITS[m]}f}"
+                            if not math.isnan(e["coherence"]["summary"][m]["mean"] - real[m]["mean"]) else "-"
+                            for m in COHERENCE_LABELS] for e in results["checkpoints"]]
+    return markdown_table(["checkpoint − real"] + list(COHERENCE_LABELS.values()), rows)
+
+
+def long_form_table(results: dict, measure: str) -> str:
+    """``measure`` per chunk: a row per checkpoint's long piece, and the real songs' mean ± sem."""
+    entries = [e for e in results["checkpoints"] if "long_form" in e]
+    chunk = results["config"]["long_form_chunk"]
+    count = max([len(e["long_form"]["chunks"]) for e in entries] + [len(results["real"]["long_form"])])
+    header = [f"bars {k * chunk + 1}-{(k + 1) * chunk}" for k in range(count)]
+    digits = LONG_FORM_DIGITS[measure]
+    rows = []
+    for e in entries:
+        cells = [f"{c[measure]:.{digits}f}" if c[measure] is not None and not math.isnan(c[measure]) else "-"
+                 for c in e["long_form"]["chunks"]]
+        rows.append([e["label"]] + cells + [""] * (count - len(cells)))
+    real = results["real"]["long_form"]
+    rows.append(["real songs"] + [f"{format_stat(c[measure], digits)} ({c['songs']})" for c in real]
+                + [""] * (count - len(real)))
+    return markdown_table([LONG_FORM_LABELS[measure]] + header, rows)
+
+
+def coherence_section(results: dict) -> list[str]:
+    cfg, real = results["config"], results["real"]
+    songs = len(real["coherence"]["pieces"])
+    parts = [
+        "## Coherence with the primer",
+        f"The first {cfg['primer_bars']} bars of the first {songs} {results['split']} songs long enough "
+        f"({', '.join(results['coherence_songs'])}) are continued by {cfg['bars']} bars with seeds "
+        f"0-{cfg['seeds'] - 1}, beside the real continuations of the same songs (bars {cfg['primer_bars'] + 1}-"
+        f"{cfg['primer_bars'] + cfg['bars']}; bars before a song's first note are left out of its primer, as a "
+        "primer's words leave them out). Mean ± standard error over pieces. Measures (`cwcompose/metrics.py`, "
+        "`coherence_metrics`): the continuation's out-of-key share against the key estimated from the primer; "
+        "the share of continuations whose estimated key (tonic and mode) is the primer's; the share of the "
+        f"continuation's bars with notes that closely repeat one of the {REPEAT_LOOKBACK} bars before them "
+        f"(Jaccard similarity ≥ {CLOSE_REPEAT_JACCARD:g} of their sets of (onset position, pitch class); the primer's "
+        "bars count as bars before) and that repeat one exactly (every note's position, pitch and duration); "
+        "repeated bars as above (an earlier bar of the continuation alone); notes per bar of the continuation ÷ "
+        "notes per bar of the primer.",
+        coherence_table(results),
+        "Distance of each checkpoint from the real continuations (checkpoint mean − real mean):",
+        coherence_gap_table(results),
+        "### Across generations",
+        generations_paragraph(results),
+    ]
+    entries = [e for e in results["checkpoints"] if "long_form" in e]
+    if entries:
+        chunk = cfg["long_form_chunk"]
+        lengths = ", ".join(f"{e['label']} {e['long_form']['bars']} bars" for e in entries)
+        parts += [
+            "## Long form",
+            f"One piece of {cfg['long_form_bars']} bars per checkpoint (seed 0) continuing the primer of song "
+            f"{results['long_form_song']} (written: {lengths}), measured in chunks of {chunk} bars: drift = "
+            "out-of-key share against the primer's key; dead bars = share of bars without notes; loops = share of "
+            f"the bars with notes that repeat one of the {REPEAT_LOOKBACK} bars before them exactly, or closely "
+            f"(Jaccard ≥ {CLOSE_REPEAT_JACCARD:g} as above). One piece per checkpoint: single values, no error "
+            f"bars. Real songs: the same measures on every {results['split']} song's chunks after its primer, "
+            f"mean ± standard error over the songs that fill the chunk (their count in brackets); few songs "
+            f"reach far. See eval_long_form.png.",
+            *[long_form_table(results, m) for m in LONG_FORM_LABELS],
+            "![Coherence and long form per checkpoint](eval_long_form.png)",
+        ]
+    return parts
 
 
 def nll_table(results: dict) -> str:
@@ -88,6 +173,7 @@ def markdown_report(results: dict, curves: dict | None = None) -> str:
               "of every pair of pieces, 0 = all alike, 1 = nothing shared; ± a leave-one-piece-out standard "
               "error. Real excerpts: every pair of different songs.",
               variety_table(results)]
+    parts += coherence_section(results)
     parts += ["## Does the author's observation hold?", verdict(results),
               "![Metrics per checkpoint](eval_metrics.png)", "![Held-out loss per field](eval_nll.png)"]
     return "\n\n".join(parts) + "\n"
@@ -116,6 +202,47 @@ def plot_metrics(results: dict, path: Path) -> None:
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+
+
+def plot_coherence(results: dict, path: Path) -> None:
+    """Top row: each coherence measure per checkpoint (± sem), real continuations dashed.
+    Bottom row: the long-form measures per chunk, a line per checkpoint, real songs dashed."""
+    from matplotlib.figure import Figure
+
+    entries = results["checkpoints"]
+    labels = [e["label"] for e in entries]
+    x = np.arange(len(labels))
+    fig = Figure(figsize=(15, 6.5))
+    top = [m for m in COHERENCE_LABELS if m != "repetition"]
+    bottom = [m for m in LONG_FORM_LABELS if m != "note_density"]
+    axes = fig.subplots(2, max(len(top), len(bottom)))
+    real = results["real"]["coherence"]["summary"]
+    for ax, metric in zip(axes[0], top):
+        stats = [e["coherence"]["summary"][metric] for e in entries]
+        ax.bar(x, [s["mean"] for s in stats], 0.7, yerr=np.nan_to_num([s["sem"] for s in stats]), capsize=3,
+               color=[f"C{k}" for k in range(len(entries))])
+        ax.axhline(real[metric]["mean"], color="black", linestyle="--", linewidth=1, label="real continuations")
+        ax.set_title(COHERENCE_LABELS[metric], fontsize=10)
+        ax.set_xticks(x, labels, fontsize=7, rotation=20)
+    axes[0][0].legend(fontsize=7)
+    chunk = results["config"]["long_form_chunk"]
+    for ax, measure in zip(axes[1], bottom):
+        for k, e in enumerate(entries):
+            if "long_form" in e:
+                chunks = e["long_form"]["chunks"]
+                ax.plot([c["first_bar"] + c["bars"] / 2 for c in chunks],
+                        [np.nan if c[measure] is None else c[measure] for c in chunks], "o-", color=f"C{k}",
+                        markersize=3, label=e["label"])
+        real_chunks = results["real"]["long_form"]
+        ax.plot([c["first_bar"] + chunk / 2 for c in real_chunks], [c[measure]["mean"] for c in real_chunks],
+                "k--", label="real songs")
+        ax.set_title(f"long form: {LONG_FORM_LABELS[measure]}", fontsize=10)
+        ax.set_xlabel("bar after the primer", fontsize=8)
+    axes[1][0].legend(fontsize=7)
+    for ax in list(axes[0][len(top):]) + list(axes[1][len(bottom):]):
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
 
 
 def plot_nll(results: dict, path: Path) -> None:
@@ -191,13 +318,15 @@ def jsonable(value):
 
 
 def write_report(results: dict, out_dir: str | Path, loss_csv: str | Path | None = None) -> Path:
-    """``EVALUATION.md``, ``evaluation.json``, ``eval_metrics.png`` and ``eval_nll.png`` in
+    """``EVALUATION.md``, ``evaluation.json``, ``eval_metrics.png``, ``eval_nll.png`` and
+    ``eval_long_form.png`` (coherence and long form) in
     ``out_dir``; with a training ``loss_csv``, also ``loss.png`` and a table of its lowest points."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "evaluation.json").write_text(json.dumps(jsonable(results), indent=1) + "\n")
     plot_metrics(results, out_dir / "eval_metrics.png")
     plot_nll(results, out_dir / "eval_nll.png")
+    plot_coherence(results, out_dir / "eval_long_form.png")
     curves = None
     if loss_csv is not None:
         rows = read_loss_csv(loss_csv)

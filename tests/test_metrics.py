@@ -263,11 +263,12 @@ def test_evaluate_command_writes_a_report(small_dataset, tmp_path):
     out = tmp_path / "docs"
     loss_csv = Path(__file__).resolve().parents[1] / "training" / "pop909" / "loss.csv"
     argv = ["evaluate", str(tmp_path / "ckpt" / "step10000"), "--data", str(small_dataset), "--split", "valid",
-            "--seeds", "1", "--bars", "2", "--windows", "4", "--out", str(out), "--loss-csv", str(loss_csv)]
+            "--seeds", "1", "--bars", "2", "--windows", "4", "--pieces", "1", "--long-form-bars", "4",
+            "--long-form-chunk", "2", "--out", str(out), "--loss-csv", str(loss_csv)]
     assert main(argv) == 0
     report = (out / "EVALUATION.md").read_text()
     table_rows = [line for line in report.splitlines() if line.startswith("| step10000 |")]
-    assert len(table_rows) == 4  # the loss table, both music tables and the variety table
+    assert len(table_rows) == 11  # loss, both music tables, variety, coherence and its gaps, 5 long-form tables
     assert "real excerpts" in report and "not tested here" in report
     assert "### During training" in report and "| chord | 0." in report and (out / "loss.png").is_file()
     results = json.loads((out / "evaluation.json").read_text())
