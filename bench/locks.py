@@ -32,11 +32,9 @@ import torch
 from cwcompose.checkpoints import load_checkpoint
 from cwcompose.data import TokenDataset
 from cwcompose.generation import compose
-from cwcompose.locks import Locks, parse_progression
+from cwcompose.locks import Locks, forced_chord_words, parse_progression, progression_chord
 from cwcompose.metrics import estimate_key, grid_notes_from_words, out_of_key_ratio
-from cwcompose.tokenizer import (
-    BAR, COL, CONTI, FAMILY_METRIC, PITCH_CLASSES, POS0, REST, TEMPO0, VALUE0, quantise_tempo, tempo_classes_bpm,
-)
+from cwcompose.tokenizer import BAR, COL, FAMILY_METRIC, PITCH_CLASSES, quantise_tempo, tempo_classes_bpm
 
 PRIMER_BARS = 8
 TEMPO_BPM = 150.0  # far from most POP909 songs, so that holding it is the lock's doing
@@ -78,40 +76,16 @@ def generated_notes(words: np.ndarray, primer_bars: int, tokenizer):
     return notes.onset[keep] - shift, notes.pitch[keep]
 
 
-def requested(progression, bar: int, position: int, positions_per_bar: int):
-    """The chord asked for at ``position`` (0..31) of generated bar ``bar``."""
-    chords = progression[bar % len(progression)]
-    return chords[-1] if position >= positions_per_bar // 2 else chords[0]
-
-
 def chord_tone_share(onsets: np.ndarray, pitches: np.ndarray, progression, positions_per_bar: int) -> tuple[int, int]:
     """(chord tones, notes) of generated notes against the chord requested at each onset."""
     tones = total = 0
     for onset, pitch in zip(onsets, pitches):
-        chord = requested(progression, onset // positions_per_bar, onset % positions_per_bar, positions_per_bar)
+        chord = progression_chord(progression, onset // positions_per_bar, onset % positions_per_bar,
+                                  positions_per_bar)
         if chord.root is not None:
             total += 1
             tones += int(pitch % 12 in chord.pitch_classes)
     return tones, total
-
-
-def first_position_chords(words: np.ndarray, primer_bars: int, tokenizer) -> list[tuple[int, int, int]]:
-    """(generated bar, position, chord token) of each generated bar's first position word
-    and of its first position word at or after the half bar."""
-    ppbar, bar, last, found = tokenizer.config.positions_per_bar, -1, -1, []
-    for word in words:
-        if word[COL["family"]] != FAMILY_METRIC:
-            continue
-        if word[COL["bar_pos"]] == BAR:
-            bar, last = bar + 1, -1
-        elif word[COL["bar_pos"]] == REST:
-            bar, last = bar + int(word[COL["rest"]] - VALUE0 + 1), -1
-        elif word[COL["bar_pos"]] >= POS0:
-            here = int(word[COL["bar_pos"]] - POS0)
-            if bar >= primer_bars and (last < 0 or (last < ppbar // 2 <= here)):
-                found.append((bar - primer_bars, here, int(word[COL["chord"]])))
-            last = here
-    return found
 
 
 def tempo_share(words: np.ndarray, primer_bars: int, tokenizer, tempo_class: int) -> float:
@@ -147,9 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         free = generated_notes(free_words, primer_bars, tokenizer)
         chord_words, _ = run(Locks(chords=progression_text))
         locked = generated_notes(chord_words, primer_bars, tokenizer)
-        firsts = [(b, h, c) for b, h, c in first_position_chords(chord_words, primer_bars, tokenizer)
-                  if h < ppbar // 2 or len(progression[b % len(progression)]) == 2 or c != CONTI]
-        hits = sum(requested(progression, b, h, ppbar).token(tokenizer) == c for b, h, c in firsts)
+        firsts = forced_chord_words(chord_words, primer_bars, progression, tokenizer)
+        hits = sum(written == asked for _, _, written, asked in firsts)
         rows["chords"].append((chord_tone_share(*locked, progression, ppbar), chord_tone_share(*free, progression, ppbar),
                                hits, len(firsts)))
         key_rows = [out_of_key_ratio(_grid(free, ppbar), key)]

@@ -184,6 +184,37 @@ def scale_pitch_mask(tokenizer: CPTokenizer, key: tuple[int, str]) -> torch.Tens
     return torch.from_numpy((classes >= 0) & ~in_scale)
 
 
+def progression_chord(progression: tuple[tuple[Chord, ...], ...], bar: int, position: int,
+                      positions_per_bar: int = 32) -> Chord:
+    """The chord asked for at ``position`` (0..31) of generated bar ``bar`` (0 = the first)."""
+    chords = progression[bar % len(progression)]
+    return chords[-1] if position >= positions_per_bar // 2 else chords[0]
+
+
+def forced_chord_words(words: np.ndarray, primer_bars: int, progression: tuple[tuple[Chord, ...], ...],
+                       tokenizer: CPTokenizer) -> list[tuple[int, int, int, int]]:
+    """Where :class:`ChordLock` forces a chord in a piece: (generated bar, position, chord
+    token written, chord token asked) for each generated bar's first position word and,
+    in two-chord bars, its first position word at or after the half bar. ``primer_bars``
+    bars (Bar words and Rest jumps) precede the first generated bar."""
+    ppbar = tokenizer.config.positions_per_bar
+    bar, last, found = -1, -1, []
+    for word in np.asarray(words):
+        if word[COL["family"]] != FAMILY_METRIC:
+            continue
+        bar_pos = int(word[COL["bar_pos"]])
+        if bar_pos in (BAR, REST):
+            bar, last = bar + (1 if bar_pos == BAR else int(word[COL["rest"]]) - VALUE0 + 1), -1
+            continue
+        here, generated = bar_pos - POS0, bar - primer_bars
+        two = len(progression[generated % len(progression)]) == 2
+        if generated >= 0 and (last < 0 or (two and last < ppbar // 2 <= here)):
+            asked = progression_chord(progression, generated, here, ppbar).token(tokenizer)
+            found.append((generated, here, int(word[COL["chord"]]), asked))
+        last = here
+    return found
+
+
 # ---------------------------------------------------------------- processors
 
 
