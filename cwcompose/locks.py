@@ -241,7 +241,7 @@ def _only_or_conti(logits: torch.Tensor, rows: torch.Tensor, token: torch.Tensor
     return torch.where(rows[:, None] & ~allowed, torch.full_like(logits, -math.inf), logits)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: compared by identity
 class ChordLock:
     """Forces the chord field of position words to follow a progression.
 
@@ -276,7 +276,7 @@ class ChordLock:
         return _only(logits, rows & ~force & ~conti_forbidden, torch.full_like(chord, CONTI))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class KeyLock:
     """Pitches outside a key's scale lose ``penalty`` nats (inf: masked) on note rows."""
 
@@ -300,7 +300,10 @@ class TempoLock:
     first position word of the first generated bar (``state.bar == 0``,
     ``state.position == -1``), and wherever the grammar forbids Conti (no tempo yet), it
     must be the class. POP909 states tempo on about 1 position word in 200 (at changes
-    only), so stating it once and then Conti is how the model saw a steady tempo."""
+    only), so stating it once and then Conti is how the model saw a steady tempo. One gap:
+    if a primer set another tempo and the continuation jumps over bar 0 with a Rest word
+    (no position word in it), nothing restates the class and the primer's tempo goes on;
+    ``bench/locks.py`` reports the share of generated notes at the class."""
 
     token: int
 
