@@ -1,207 +1,88 @@
-"""Composing: primer -> words -> KV-cached, grammar-masked, per-field sampling -> MIDI.
+"""Composing: primer -> words -> batched, KV-cached, grammar-masked sampling -> MIDI.
 
-Length is unlimited: the KV cache holds at most ``max_relative_distance`` words;
-when it fills, the newest half (cut at a bar line where possible) is re-encoded in
-one batched pass and decoding goes on, so the cost per word stays flat.
+:func:`iter_compose` writes ``variations`` pieces at once (row i with seed ``seed + i``)
+and yields a :class:`BarDone` per finished bar per row, then :class:`Done`;
+:func:`compose` is the one-piece call that consumes it. Length is unlimited: each row's
+window slides at a bar line when its cache fills (:mod:`cwcompose.decoder`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import miditoolkit
 import numpy as np
 import torch
 
+from cwcompose.decoder import Decoder, Processor, WordSampler
+from cwcompose.grammar import MAX_NOTES_PER_ONSET, WordState
 from cwcompose.model import CPTransformer
 from cwcompose.render import ticks_to_seconds
-from cwcompose.sampling import DEFAULT_SAMPLING, SamplingConfig, sample_token
-from cwcompose.tokenizer import (
-    COL,
-    BAR, CHORD_NONE, CONTI, FAMILY_END, FAMILY_METRIC, FAMILY_NOTE, FIELDS, IGNORE, POS0, REST, TEMPO0,
-    VALUE0, CPTokenizer, tempo_classes_bpm,
+from cwcompose.sampling import DEFAULT_SAMPLING, SamplingConfig, sampling_processors
+from cwcompose.tokenizer import CPTokenizer, ScoreNote, tempo_classes_bpm
+from cwcompose.words import (
+    BAR, CHORD_NONE, COL, CONTI, FAMILY_END, FAMILY_METRIC, FIELDS, IGNORE, KIND_BAR, KIND_REST, POS0, TEMPO0, VALUE0,
+    bar_jump, bar_starts, count_bars, note_table, read_words, word_kind, word_seconds,
 )
 
-MAX_NOTES_PER_ONSET = 16  # a chord of more notes than fingers means the model is stuck
 MAX_WORDS_PER_BAR = 32 * (MAX_NOTES_PER_ONSET + 1) + 2
-
-
-# ---------------------------------------------------------------- incremental decoding
-
-
-class IncrementalDecoder:
-    """Feeds words to the model one at a time with a KV cache and a sliding window."""
-
-    def __init__(self, model: CPTransformer, capacity: int | None = None):
-        self.model = model
-        self.capacity = capacity or model.config.max_relative_distance
-        self.device = next(model.parameters()).device
-        self.history: list[np.ndarray] = []
-        self.window_start = 0
-
-    @torch.inference_mode()
-    def prefill(self, words: np.ndarray) -> torch.Tensor:
-        """Start from ``words`` (n, fields); returns the hidden state after the last one."""
-        self.history = [w for w in np.asarray(words, dtype=np.int64)]
-        self.window_start = max(len(self.history) - self.capacity, 0)
-        return self._encode_window()
-
-    @torch.inference_mode()
-    def step(self, word: np.ndarray) -> torch.Tensor:
-        """Append one word; returns the hidden state after it."""
-        self.history.append(np.asarray(word, dtype=np.int64))
-        if self.cache.length >= self.capacity:
-            self.window_start = self._restart_index()
-            return self._encode_window()
-        x = torch.as_tensor(self.history[-1], device=self.device).view(1, 1, -1)
-        return self.model.hidden(x, self.cache)[0, -1]
-
-    def _restart_index(self) -> int:
-        """Where the next window starts: the first bar line in the newest half, if any."""
-        earliest = len(self.history) - self.capacity // 2
-        for i in range(earliest, len(self.history)):
-            word = self.history[i]
-            if word[COL["family"]] == FAMILY_METRIC and word[COL["bar_pos"]] == BAR:
-                return i
-        return earliest
-
-    def _encode_window(self) -> torch.Tensor:
-        window = torch.as_tensor(np.stack(self.history[self.window_start:]), device=self.device)[None]
-        self.cache = self.model.new_cache(1, self.capacity)
-        return self.model.hidden(window, self.cache)[0, -1]
-
-
-# ---------------------------------------------------------------- grammar
-
-
-@dataclass
-class Grammar:
-    """What may come next, so that every sampled sequence decodes.
-
-    ``previous`` is the kind of the last word: start, bar, rest, pos, note, or primer
-    (after a primer the first word must be metrical, which keeps the boundary exact).
-    """
-
-    vocab_sizes: dict[str, int]
-    previous: str = "start"
-    last_position: int = -1
-    bar_open: bool = False
-    have_tempo: bool = False
-    have_chord: bool = False
-    notes_at_onset: int = 0
-
-    def allowed_families(self, allow_end: bool) -> torch.Tensor:
-        allowed = torch.zeros(self.vocab_sizes["family"], dtype=torch.bool)
-        allowed[FAMILY_METRIC] = True
-        allowed[FAMILY_NOTE] = self.previous in ("pos", "note") and self.notes_at_onset < MAX_NOTES_PER_ONSET
-        allowed[FAMILY_END] = allow_end and self.previous != "start"
-        return allowed
-
-    def allowed_bar_pos(self) -> torch.Tensor:
-        allowed = torch.zeros(self.vocab_sizes["bar_pos"], dtype=torch.bool)
-        allowed[BAR] = self.previous != "bar"
-        allowed[REST] = self.previous != "bar"
-        if self.bar_open and self.previous != "rest":
-            allowed[POS0 + self.last_position + 1:] = True
-        return allowed
-
-    def allowed_values(self, field: str, conti: bool) -> torch.Tensor:
-        """Real values of a field (never Pad / Ignore); ``Conti`` only where ``conti``."""
-        allowed = torch.zeros(self.vocab_sizes[field], dtype=torch.bool)
-        allowed[VALUE0:] = True
-        if field in ("tempo", "chord"):
-            allowed[CONTI] = conti
-        return allowed
-
-    def update(self, word: np.ndarray) -> None:
-        family, bar_pos = word[COL["family"]], word[COL["bar_pos"]]
-        if family == FAMILY_NOTE:
-            self.previous, self.notes_at_onset = "note", self.notes_at_onset + 1
-            return
-        self.notes_at_onset = 0
-        if bar_pos == BAR:
-            self.previous, self.bar_open, self.last_position = "bar", True, -1
-        elif bar_pos == REST:
-            self.previous, self.bar_open, self.last_position = "rest", False, -1
-        elif bar_pos >= POS0:
-            self.previous, self.last_position = "pos", int(bar_pos - POS0)
-            self.have_tempo |= bool(word[COL["tempo"]] >= TEMPO0)
-            self.have_chord |= bool(word[COL["chord"]] >= CHORD_NONE)
-
-
-def sample_word(model: CPTransformer, h: torch.Tensor, grammar: Grammar, sampling: SamplingConfig,
-                generator: torch.Generator, allow_end: bool = False) -> np.ndarray:
-    """The next word from hidden state ``h`` (d_model,): family first, then its fields."""
-    t, p = sampling.temperature, sampling.top_p
-    word = np.full(len(FIELDS), IGNORE, dtype=np.int64)
-    family = sample_token(model.family_logits(h), t["family"], p["family"], generator,
-                          grammar.allowed_families(allow_end))
-    word[COL["family"]] = family
-    if family == FAMILY_END:
-        return word
-    fields = ("bar_pos", "tempo", "chord", "rest") if family == FAMILY_METRIC else ("pitch", "duration", "velocity")
-    logits = model.field_logits(h, torch.tensor(family, device=h.device), fields)
-
-    def draw(f: str, allowed: torch.Tensor) -> None:
-        word[COL[f]] = sample_token(logits[f].cpu(), t[f], p[f], generator, allowed)
-
-    if family == FAMILY_NOTE:
-        for f in fields:
-            draw(f, grammar.allowed_values(f, conti=False))
-        return word
-    draw("bar_pos", grammar.allowed_bar_pos())
-    if word[COL["bar_pos"]] == REST:
-        draw("rest", grammar.allowed_values("rest", conti=False))
-    elif word[COL["bar_pos"]] >= POS0:
-        draw("tempo", grammar.allowed_values("tempo", conti=grammar.have_tempo))
-        draw("chord", grammar.allowed_values("chord", conti=grammar.have_chord))
-    return word
 
 
 # ---------------------------------------------------------------- primers
 
 
-def primer_words(tokenizer: CPTokenizer, primer, keep_bars: int) -> np.ndarray:
-    """A primer MIDI -> the words of its last ``keep_bars`` bars, with the first position
-    word's tempo and chord made explicit (they may have been set before the cut)."""
+def primer_words(tokenizer: CPTokenizer, primer, keep_bars: int, from_bar: int | None = None) -> np.ndarray:
+    """A primer (MIDI or words) -> the words of its last ``keep_bars`` bars (of its first
+    ``from_bar`` bars when given), with the first position word's tempo and chord made
+    explicit (they may have been set before the cut)."""
     if isinstance(primer, np.ndarray):
         words = primer[primer[:, COL["family"]] != FAMILY_END]
     else:
         words = tokenizer.encode(primer, end=False)
-    bar_starts = np.flatnonzero((words[:, COL["family"]] == FAMILY_METRIC) & (words[:, COL["bar_pos"]] == BAR))
-    bars_from_here = np.cumsum(bar_increments(words)[::-1])[::-1]
-    fitting = bar_starts[bars_from_here[bar_starts] <= keep_bars]
+    if from_bar is not None:
+        words = first_bars(words, from_bar)
+    jumps = bar_increments(words)
+    starts = np.flatnonzero(word_kind(words[:, COL["family"]], words[:, COL["bar_pos"]]) == KIND_BAR)  # not rests
+    bars_from_here = np.cumsum(jumps[::-1])[::-1]
+    fitting = starts[bars_from_here[starts] <= keep_bars]
     cut = int(fitting[0]) if len(fitting) else 0
-    tempo, chord = None, None
-    for word in words[:cut]:
-        if word[COL["tempo"]] >= TEMPO0:
-            tempo = word[COL["tempo"]]
-        if word[COL["chord"]] >= CHORD_NONE:
-            chord = word[COL["chord"]]
     kept = words[cut:].copy()
     positions = np.flatnonzero(kept[:, COL["bar_pos"]] >= POS0)
     if len(positions):
         first = positions[0]
-        if kept[first, COL["tempo"]] == CONTI and tempo is not None:
-            kept[first, COL["tempo"]] = tempo
-        if kept[first, COL["chord"]] == CONTI and chord is not None:
-            kept[first, COL["chord"]] = chord
+        for name, real in (("tempo", TEMPO0), ("chord", CHORD_NONE)):
+            before = words[:cut, COL[name]]
+            set_before = before[before >= real]
+            if kept[first, COL[name]] == CONTI and len(set_before):
+                kept[first, COL[name]] = set_before[-1]
+    return kept
+
+
+def first_bars(words: np.ndarray, bars: int) -> np.ndarray:
+    """The words of the first ``bars`` bars (bar lines counted from the first word; a
+    Rest jumping past the last one is shortened to end there)."""
+    if bars < 1:
+        raise ValueError(f"from_bar must be at least 1, got {bars}")
+    reading = read_words(words, positions_per_bar=1)
+    past = np.flatnonzero(reading.bar >= bars)
+    if not len(past):
+        return words[:reading.length].copy()
+    cut = int(past[0])
+    kept = words[:cut].copy()
+    bar_before = int(reading.bar[cut] - reading.jump[cut])
+    if reading.kind[cut] == KIND_REST and bar_before < bars - 1:
+        rest = words[cut].copy()
+        rest[COL["rest"]] = VALUE0 + bars - 2 - bar_before
+        kept = np.vstack([kept, rest[None]])
     return kept
 
 
 def bar_increments(words: np.ndarray) -> np.ndarray:
     """Bars each word starts: 1 for a Bar word, k for a Rest word jumping k bars, else 0."""
-    metric = words[:, COL["family"]] == FAMILY_METRIC
-    bars = (metric & (words[:, COL["bar_pos"]] == BAR)).astype(np.int64)
-    rests = metric & (words[:, COL["bar_pos"]] == REST)
-    return np.where(rests, words[:, COL["rest"]] - VALUE0 + 1, bars)
-
-
-def count_bars(words: np.ndarray) -> int:
-    """Bars spanned by words: one per Bar word plus the bars every Rest word jumps."""
-    return int(bar_increments(words).sum())
+    words = np.asarray(words, dtype=np.int64).reshape(-1, len(FIELDS))
+    return bar_jump(word_kind(words[:, COL["family"]], words[:, COL["bar_pos"]]), words[:, COL["rest"]])
 
 
 # ---------------------------------------------------------------- composing
@@ -226,101 +107,190 @@ class Composition:
         self.continuation = self.words[self.primer_length:]
 
 
+@dataclass(frozen=True)
+class BarDone:
+    """Bar ``bar`` (0 = the first generated bar) of row ``row`` is finished: ``words`` are
+    the row's words so far (primer included, up to the word that closed the bar) and
+    ``notes`` the bar's notes (onsets in positions from the start of ``words``)."""
+
+    row: int
+    bar: int
+    words: np.ndarray
+    notes: list[ScoreNote]
+
+
+@dataclass(frozen=True)
+class Done:
+    """The end of a composing run: one composition per row."""
+
+    compositions: list[Composition]
+
+
 @dataclass
-class MusicClock:
-    """Seconds of music elapsed, advanced word by word from positions and tempo classes."""
+class _Rows:
+    """Host-side bookkeeping of the rows: the bars reported and where each piece ends."""
 
-    positions_per_bar: int
-    positions_per_beat: int
-    tempo_bpm: np.ndarray
-    bar: int = -1
-    last_onset: int = 0
-    bpm: float = 120.0
-    seconds: float = 0.0
+    bars: list[int]  # each row's current bar (0 = the first generated one)
+    done: list[bool]
+    reported: list[int]  # bars yielded as BarDone
+    cut: list[np.ndarray | None]  # the words kept when a row was cut (time limit, stop)
+    stopped: list[bool]
 
-    def advance(self, word: np.ndarray) -> None:
-        bar_pos = word[COL["bar_pos"]]
-        if word[COL["family"]] != FAMILY_METRIC:
-            return
-        if bar_pos == BAR:
-            self.bar += 1
-            onset = self.bar * self.positions_per_bar
-        elif bar_pos == REST:
-            self.bar += int(word[COL["rest"]] - VALUE0 + 1)
-            onset = (self.bar + 1) * self.positions_per_bar
-        else:
-            onset = max(self.bar, 0) * self.positions_per_bar + int(bar_pos - POS0)
-        self.seconds += max(onset - self.last_onset, 0) / self.positions_per_beat * 60.0 / self.bpm
-        self.last_onset = onset
-        if word[COL["tempo"]] >= TEMPO0:
-            self.bpm = float(self.tempo_bpm[word[COL["tempo"]] - TEMPO0])
+
+@torch.inference_mode()
+def iter_compose(model: CPTransformer, tokenizer: CPTokenizer, *, primer=None, primer_bars: int = 8, bars: int = 16,
+                 variations: int = 1, seed: int = 0, sampling: SamplingConfig | None = None,
+                 constraints: Sequence[Processor] = (), from_bar: int | None = None,
+                 max_seconds: float | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> Iterator[BarDone | Done]:
+    """Continue ``primer`` (path, bytes, MidiFile, words or None) by ``bars`` bars,
+    ``variations`` times (row i with seed ``seed + i``; row i is what a run of one with
+    that seed writes). ``from_bar``: keep only the primer's first N bars (then its last
+    ``primer_bars``). Yields a :class:`BarDone` per finished bar per row, in order, and
+    a final :class:`Done`. A row stops after ``bars`` bars or once its music passes
+    ``max_seconds`` (primer included); ``should_stop()`` (checked at every finished bar)
+    stops every row, keeping the bars already finished."""
+    if bars < 1 or primer_bars < 1 or variations < 1:
+        raise ValueError("bars, primer_bars and variations must be at least 1")
+    sampling = sampling or DEFAULT_SAMPLING
+    opening, primer_length = _opening(tokenizer, primer, primer_bars, from_bar)
+    device = next(model.parameters()).device
+    state = WordState.start(opening, batch=variations, bars=bars, from_primer=primer_length > 0,
+                            vocab_sizes=model.config.vocab_sizes, device=device)
+    decoder = Decoder(model, variations)
+    sampler = WordSampler(model, [seed + i for i in range(variations)],
+                          [*constraints, *sampling_processors(sampling)],
+                          greedy=frozenset(f for f, t in sampling.temperature.items() if t == 0))
+    h = decoder.prefill(opening)
+    rows = _Rows(bars=[int(state.bar[0])] * variations, done=[False] * variations, reported=[0] * variations,
+                 cut=[None] * variations, stopped=[False] * variations)
+    first_bar = count_bars(opening) - (0 if primer_length else 1)  # the first generated bar, counted in `opening`
+    for index in range(bars * MAX_WORDS_PER_BAR + 1):
+        family = sampler.family(h, state, index)
+        info = torch.stack([family, state.done.long(), state.bar, decoder.lengths, decoder.n_words]).tolist()  # the sync
+        families, done, bar, lengths, n_words = info
+        stop = False
+        for event in _bar_events(tokenizer, decoder, state, rows, bar, done, n_words, first_bar, max_seconds):
+            yield event
+            rows.reported[event.row] = event.bar + 1
+            if should_stop is not None and should_stop():
+                stop = True
+                break
+        if stop:
+            _stop(decoder, rows, len(opening), first_bar)
+            break
+        if all(rows.done) or index == bars * MAX_WORDS_PER_BAR:
+            break
+        decoder.slide(decoder.full_rows(lengths, rows.done))
+        word = sampler.fields(state, {f for f, d in zip(families, rows.done) if not d})
+        h = decoder.step(word, state.advance(word))
+    yield Done([_finish(tokenizer, _row_words(decoder, rows, r), primer_length, seed + r, rows.stopped[r],
+                        count_bars(opening[:primer_length])) for r in range(variations)])
+
+
+def _bar_events(tokenizer: CPTokenizer, decoder: Decoder, state: WordState, rows: _Rows, bar: list[int],
+                done: list[bool], n_words: list[int], first_bar: int,
+                max_seconds: float | None) -> Iterator[BarDone]:
+    """BarDone events for the bars that the last word finished, row by row; rows past
+    ``max_seconds`` are cut there and marked done."""
+    for r in range(len(bar)):
+        if rows.done[r] or (bar[r] == rows.bars[r] and not done[r]):
+            continue
+        finished = range(rows.bars[r], bar[r]) if not done[r] else range(rows.bars[r], rows.bars[r] + 1)
+        words = decoder.history[r, :n_words[r] - (0 if done[r] else 1)].cpu().numpy().copy()
+        rows.bars[r], rows.done[r] = bar[r], bool(done[r])
+        if max_seconds is not None:
+            seconds = word_seconds(words, tokenizer.config, tempo_classes_bpm(tokenizer.config))
+            if len(seconds) and seconds[-1] > max_seconds:
+                rows.cut[r] = words[:int(np.searchsorted(seconds, max_seconds, side="right"))]
+                rows.done[r], rows.stopped[r] = True, True
+                state.done[r] = True
+                continue
+        notes = note_table(words, tokenizer.config)
+        for b in finished:
+            if b >= 0:
+                yield BarDone(row=r, bar=b, words=words, notes=_notes_of_bar(notes, first_bar + b))
+
+
+def _notes_of_bar(table, bar: int) -> list[ScoreNote]:
+    keep = table.bar == bar
+    return [ScoreNote(onset=o, pitch=p, duration_class=d, velocity_class=v) for o, p, d, v in zip(
+        table.onset[keep].tolist(), table.pitch[keep].tolist(), table.duration_class[keep].tolist(),
+        table.velocity_class[keep].tolist())]
+
+
+def _stop(decoder: Decoder, rows: _Rows, opening_length: int, first_bar: int) -> None:
+    """Cut every unfinished row after the bars it reported (never into the opening)."""
+    for r, finished in enumerate(rows.done):
+        if finished:
+            continue
+        words = decoder.history[r, :int(decoder.n_words[r])].cpu().numpy()
+        keep = first_bar + rows.reported[r]
+        kept = first_bars(words, keep) if keep >= 1 else words[:0]
+        rows.cut[r] = kept if len(kept) >= opening_length else words[:opening_length].copy()
+        rows.done[r], rows.stopped[r] = True, True
+
+
+def _row_words(decoder: Decoder, rows: _Rows, r: int) -> np.ndarray:
+    if rows.cut[r] is not None:
+        return rows.cut[r]
+    return decoder.history[r, :int(decoder.n_words[r])].cpu().numpy().copy()
 
 
 @torch.inference_mode()
 def compose(model: CPTransformer, tokenizer: CPTokenizer, *, primer=None, primer_bars: int = 8, bars: int = 16,
             max_seconds: float | None = None, sampling: SamplingConfig | None = None, seed: int = 0,
-            on_bar: Callable[[int, int], bool | None] | None = None) -> Composition:
+            on_bar: Callable[[int, int], bool | None] | None = None, constraints: Sequence[Processor] = (),
+            from_bar: int | None = None) -> Composition:
     """Continue ``primer`` (path, bytes, MidiFile, words or None) by ``bars`` bars.
 
     Stops after ``bars`` bars, or once ``max_seconds`` of music (primer included) are
-    written, or when ``on_bar(bars_done, bars)`` returns False. Same inputs and seed ->
-    same words.
-    """
-    if bars < 1 or primer_bars < 1:
-        raise ValueError("bars and primer_bars must be at least 1")
-    sampling = sampling or DEFAULT_SAMPLING
-    generator = torch.Generator().manual_seed(int(seed))
-    start, primer_length, grammar, clock = _opening(tokenizer, primer, primer_bars)
-    decoder = IncrementalDecoder(model)
-    h = decoder.prefill(start)
-    words, bars_done, stopped = list(start), (0 if primer_length else 1), False
-    for _ in range(bars * MAX_WORDS_PER_BAR):
-        word = sample_word(model, h, grammar, sampling, generator)
-        new_bars = count_bars(word[None])
-        if word[COL["bar_pos"]] == REST and bars_done < bars < bars_done + new_bars:
-            word[COL["rest"]], new_bars = VALUE0 + bars - bars_done - 1, bars - bars_done
-        if new_bars and bars_done + new_bars > bars:
-            break
-        if new_bars and bars_done and on_bar is not None and on_bar(bars_done, bars) is False:
-            stopped = True
-            break
-        clock.advance(word)
-        if max_seconds is not None and clock.seconds > max_seconds:
-            stopped = True
-            break
-        words.append(word)
-        grammar.update(word)
-        bars_done += new_bars
-        h = decoder.step(word)
-    return _finish(tokenizer, np.stack(words), primer_length, bars_done, seed, stopped, count_bars(start[:primer_length]))
+    written, or when ``on_bar(bars_done, bars)`` returns False (the bars done are kept,
+    ``stopped_early`` set). Same inputs and seed -> same words."""
+    stop = [False]
+
+    def progress(event: BarDone) -> None:
+        if on_bar is not None and event.bar + 1 < bars and on_bar(event.bar + 1, bars) is False:
+            stop[0] = True
+
+    for event in iter_compose(model, tokenizer, primer=primer, primer_bars=primer_bars, bars=bars, seed=seed,
+                              sampling=sampling, constraints=constraints, from_bar=from_bar,
+                              max_seconds=max_seconds, should_stop=lambda: stop[0]):
+        if isinstance(event, BarDone):
+            progress(event)
+        else:
+            return event.compositions[0]
+    raise AssertionError("iter_compose ends with Done")
 
 
-def _opening(tokenizer: CPTokenizer, primer, primer_bars: int) -> tuple[np.ndarray, int, Grammar, MusicClock]:
-    """The words a piece starts from (the primer's last bars, or one bar line), how many
-    came from the primer, and the grammar and clock advanced past them."""
-    cfg = tokenizer.config
-    start = primer_words(tokenizer, primer, primer_bars) if primer is not None else np.zeros((0, len(FIELDS)), np.int64)
-    primer_length = len(start)
-    if primer_length == 0:  # training windows start on a bar line: so does an empty piece
-        start = np.array([[FAMILY_METRIC, BAR] + [IGNORE] * (len(FIELDS) - 2)], dtype=np.int64)
-    grammar = Grammar(tokenizer.vocab_sizes)
-    clock = MusicClock(cfg.positions_per_bar, cfg.positions_per_beat, tempo_classes_bpm(cfg))
-    for word in start:
-        grammar.update(word)
-        clock.advance(word)
-    if primer_length:
-        grammar.previous = "primer"
-    return start, primer_length, grammar, clock
+def compose_variations(model: CPTransformer, tokenizer: CPTokenizer, *, variations: int, **options) -> list[Composition]:
+    """``variations`` pieces at once (seeds ``seed``, ``seed + 1``, ...); options as :func:`iter_compose`."""
+    for event in iter_compose(model, tokenizer, variations=variations, **options):
+        if isinstance(event, Done):
+            return event.compositions
+    raise AssertionError("iter_compose ends with Done")
 
 
-def _finish(tokenizer: CPTokenizer, words: np.ndarray, primer_length: int, bars_done: int, seed: int,
-            stopped: bool, primer_bars: int) -> Composition:
+def _opening(tokenizer: CPTokenizer, primer, primer_bars: int, from_bar: int | None) -> tuple[np.ndarray, int]:
+    """The words a piece starts from (the primer's last bars, or one bar line) and how
+    many came from the primer."""
+    if primer is None:  # training windows start on a bar line: so does an empty piece
+        return np.array([[FAMILY_METRIC, BAR] + [IGNORE] * (len(FIELDS) - 2)], dtype=np.int64), 0
+    words = primer_words(tokenizer, primer, primer_bars, from_bar)
+    if not len(words):
+        return _opening(tokenizer, None, primer_bars, None)
+    return words, len(words)
+
+
+def _finish(tokenizer: CPTokenizer, words: np.ndarray, primer_length: int, seed: int, stopped: bool,
+            primer_bars: int) -> Composition:
     midi = tokenizer.decode(words)
     primer_notes = tokenizer.decode(words[:primer_length]).instruments[0].notes if primer_length else []
     primer_end_tick = max((n.start for n in primer_notes), default=-1) + 1
     seconds = float(ticks_to_seconds(np.array([midi.max_tick]), midi)[0])
     return Composition(words=words, primer_length=primer_length, midi=midi, primer_end_tick=primer_end_tick,
-                       primer_bars=primer_bars, bars=bars_done, seconds=seconds, seed=int(seed), stopped_early=stopped)
+                       primer_bars=primer_bars, bars=count_bars(words[primer_length:]), seconds=seconds,
+                       seed=int(seed), stopped_early=stopped)
 
 
 def save_midi(composition: Composition, path: str | Path) -> Path:

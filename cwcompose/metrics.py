@@ -20,11 +20,8 @@ from typing import Iterable
 import miditoolkit
 import numpy as np
 
-from cwcompose.tokenizer import (
-    COL,
-    BAR, FAMILY_END, FAMILY_METRIC, FAMILY_NOTE, FIELDS, NOTE_FIELDS, PITCH_CLASSES, POS0, REST, VALUE0,
-    Score, TokenizerConfig, duration_classes,
-)
+from cwcompose.tokenizer import PITCH_CLASSES, Score, TokenizerConfig, duration_classes
+from cwcompose.words import note_table
 
 SPAN_BARS = 4  # length of the spans that the copying metric looks up
 
@@ -68,25 +65,9 @@ def make_grid_notes(onset, pitch, duration, bars: int | None = None, positions_p
 
 
 def grid_notes_from_words(words: np.ndarray, config: TokenizerConfig, bars: int | None = None) -> GridNotes:
-    """Compound words -> GridNotes, vectorised; reads the grammar as ``decode_score`` does
-    (stops at End; a note belongs to the last position word after the last bar/rest word)."""
-    words = np.asarray(words, dtype=np.int64).reshape(-1, len(FIELDS))
-    ends = np.flatnonzero(words[:, COL["family"]] == FAMILY_END)
-    words = words[:ends[0]] if len(ends) else words
-    metric = words[:, COL["family"]] == FAMILY_METRIC
-    bar_pos, rest = words[:, COL["bar_pos"]], words[:, COL["rest"]]
-    is_rest = metric & (bar_pos == REST) & (rest >= VALUE0)
-    resets = (metric & (bar_pos == BAR)) | is_rest
-    bar = np.cumsum(np.where(resets, np.where(is_rest, rest - VALUE0 + 1, 1), 0)) - 1
-    is_pos = metric & (bar_pos >= POS0)
-    onset = np.maximum(bar, 0) * config.positions_per_bar + bar_pos - POS0
-    last_marker = np.maximum.accumulate(np.where(resets | is_pos, np.arange(len(words)), -1))
-    valid = (words[:, COL["family"]] == FAMILY_NOTE) & (last_marker >= 0)
-    valid &= np.all(words[:, [COL[f] for f in NOTE_FIELDS]] >= VALUE0, axis=1)
-    valid[valid] = is_pos[last_marker[valid]]
-    notes = words[valid]
-    return make_grid_notes(onset[last_marker[valid]], notes[:, COL["pitch"]] - VALUE0 + config.pitch_min,
-                           duration_classes(config)[notes[:, COL["duration"]] - VALUE0],
+    """Compound words -> GridNotes, read by :func:`cwcompose.words.note_table` (as ``decode_score``)."""
+    table = note_table(words, config)
+    return make_grid_notes(table.onset, table.pitch, duration_classes(config)[table.duration_class],
                            bars, config.positions_per_bar)
 
 

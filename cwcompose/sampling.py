@@ -1,4 +1,4 @@
-"""Per-field sampling: temperature, then nucleus (top-p), with a seeded generator.
+"""Per-field sampling: temperature, then nucleus (top-p), with counter-based noise.
 
 Each musical field gets its own temperature and top-p because the fields want
 different amounts of freedom: a steady grid wants a cold bar/position field, a
@@ -8,6 +8,7 @@ lively rhythm a warmer duration field.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -84,35 +85,91 @@ PRESETS = {
 }
 
 
-# ---------------------------------------------------------------- logit filters
+# ---------------------------------------------------------------- logit processors on (B, V)
+#
+# A processor is ``(state, field, logits) -> logits`` (see cwcompose.grammar); logits are
+# float (B, V) in nats. Temperature 0 is not a processor: the sampler draws greedily.
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Divide logits by a temperature > 0 (higher = flatter distribution)."""
+    """Logits (nats) divided by a temperature > 0 (higher = flatter distribution)."""
     return logits / temperature
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of tokens whose probability sums to at least ``top_p``
-    (always at least the most likely one); set the rest to -inf."""
+    """Keep, in every row of (B, V) logits, the smallest set of values whose probability
+    sums to at least ``top_p`` (a share, 0 < p <= 1; always the likeliest value); -inf on
+    the rest."""
     if top_p >= 1.0:
         return logits
-    sorted_logits, order = torch.sort(logits, descending=True)
-    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-    drop_sorted = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    drop_sorted = probs.cumsum(-1) - probs >= top_p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 
 
-def sample_token(logits: torch.Tensor, temperature: float, top_p: float,
-                 generator: torch.Generator, allowed: torch.Tensor | None = None) -> int:
-    """One token id from 1-D ``logits``; ``allowed`` (bool, same shape) masks the grammar.
-    Temperature 0 is greedy."""
-    logits = logits.float()
-    if allowed is not None:
-        logits = logits.masked_fill(~allowed, float("-inf"))
-    if temperature == 0.0:
-        return int(torch.argmax(logits))
-    logits = top_p_filter(apply_temperature(logits, temperature), top_p)
-    probs = torch.softmax(logits, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+def temperature(values: dict[str, float]) -> Callable:
+    """A processor dividing each field's logits by its temperature (0 = greedy: left as is)."""
+    def process(state, field: str, logits: torch.Tensor) -> torch.Tensor:
+        return apply_temperature(logits, values[field]) if values[field] > 0 else logits
+    return process
+
+
+def top_p(values: dict[str, float]) -> Callable:
+    """A processor keeping each field's nucleus of probability ``values[field]`` (a share)."""
+    def process(state, field: str, logits: torch.Tensor) -> torch.Tensor:
+        return top_p_filter(logits, values[field])
+    return process
+
+
+def sampling_processors(config: SamplingConfig) -> list[Callable]:
+    """The last two stages of the pipeline: temperature, then top-p."""
+    return [temperature(config.temperature), top_p(config.top_p)]
+
+
+# ---------------------------------------------------------------- counter-based noise
+#
+# Noise is a pure function of (seed, word index, column): row i of a batch draws exactly
+# what a batch of one with seed i draws, on any device, whatever else is in the batch.
+
+
+def _signed(constant: int) -> int:
+    return constant - (1 << 64) if constant >= 1 << 63 else constant
+
+
+_GOLDEN, _MIX1, _MIX2 = _signed(0x9E3779B97F4A7C15), _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's ``>>`` is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's output function on int64 tensors (wrapping arithmetic): a bijective hash."""
+    z = x + _GOLDEN
+    z = (z ^ _shift_right(z, 30)) * _MIX1
+    z = (z ^ _shift_right(z, 27)) * _MIX2
+    return z ^ _shift_right(z, 31)
+
+
+def row_keys(seeds: torch.Tensor) -> torch.Tensor:
+    """(B,) int64 seeds -> (B,) keys, hashed once per piece."""
+    return splitmix64(splitmix64(seeds.long()))
+
+
+def gumbel_noise(keys: torch.Tensor, word_index: int, columns: torch.Tensor) -> torch.Tensor:
+    """(B, C) float32 standard Gumbel noise for word ``word_index`` of every row;
+    ``columns`` (C,) int64 numbers every value of every field."""
+    word_keys = splitmix64(keys + word_index)
+    bits = _shift_right(splitmix64(word_keys[:, None] + columns[None, :]), 11)  # 53 random bits
+    uniform = (bits.double() + 0.5) * 2.0 ** -53  # in (0, 1)
+    return (-torch.log(-torch.log(uniform))).float()
+
+
+def draw(logits: torch.Tensor, gumbel: torch.Tensor | None) -> torch.Tensor:
+    """(B,) values: argmax of ``logits + gumbel`` (a sample of softmax(logits), Gumbel-max;
+    the same as gpt-fast's argmax(probs / Exponential)), or the plain argmax (greedy)
+    when ``gumbel`` is None. No host sync."""
+    return torch.argmax(logits if gumbel is None else logits + gumbel, dim=-1)

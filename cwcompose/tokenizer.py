@@ -32,13 +32,12 @@ import numpy as np
 from cwcompose.chords import parse_chord_label
 from cwcompose.midi_file import MidiReadError, read_midi  # noqa: F401 (re-exported: the one MIDI reader)
 from cwcompose.jsonconfig import JsonConfig
+from cwcompose.words import (  # noqa: F401 (the word layout, re-exported)
+    BAR, CHORD0, CHORD_NONE, COL, CONTI, FAMILY_END, FAMILY_METRIC, FAMILY_NOTE, FIELDS, IGNORE, METRIC_FIELDS,
+    NOTE_FIELDS, PAD, POS0, REST, TEMPO0, VALUE0, changes, note_table,
+)
 
-PAD, IGNORE = 0, 1
 SPECIALS = ("Pad", "Ignore")
-FIELDS = ("family", "bar_pos", "tempo", "chord", "rest", "pitch", "duration", "velocity")
-COL = {f: i for i, f in enumerate(FIELDS)}  # field name -> column of a word array
-METRIC_FIELDS = ("bar_pos", "tempo", "chord", "rest")
-NOTE_FIELDS = ("pitch", "duration", "velocity")
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 CHORD_QUALITIES = ("maj", "min", "dim", "aug", "sus2", "sus4", "7", "maj7", "min7", "hdim7", "dim7")
 
@@ -146,15 +145,6 @@ def build_vocabularies(config: TokenizerConfig) -> dict[str, tuple[str, ...]]:
         "duration": SPECIALS + tuple(f"Dur_{d / ppb:g}b" for d in duration_classes(config)),
         "velocity": SPECIALS + tuple(f"Vel_{v}" for v in velocity_class_values(config)),
     }
-
-
-# Offsets of the first real value in each field's vocabulary.
-FAMILY_METRIC, FAMILY_NOTE, FAMILY_END = 2, 3, 4
-BAR, REST, POS0 = 2, 3, 4
-CONTI = 2
-CHORD_NONE = 3
-VALUE0 = 2  # rest, pitch, duration, velocity values start here
-TEMPO0, CHORD0 = 3, 4
 
 
 @dataclass
@@ -285,34 +275,13 @@ class CPTokenizer:
     # ------------------------------------------------------------ decode
 
     def decode_score(self, words: np.ndarray) -> Score:
-        """Words -> :class:`Score`. Words that break the grammar are skipped, never fatal."""
-        ppbar = self.config.positions_per_bar
-        score = Score(notes=[])
-        bar, onset = -1, None
-        for word in np.asarray(words, dtype=np.int64).reshape(-1, len(FIELDS)):
-            family = word[COL["family"]]
-            if family == FAMILY_END:
-                break
-            if family == FAMILY_METRIC:
-                bar_pos = word[COL["bar_pos"]]
-                if bar_pos == BAR:
-                    bar, onset = bar + 1, None
-                elif bar_pos == REST and word[COL["rest"]] >= VALUE0:
-                    bar, onset = bar + word[COL["rest"]] - VALUE0 + 1, None
-                elif bar_pos >= POS0:
-                    onset = int(max(bar, 0) * ppbar + bar_pos - POS0)
-                    if word[COL["tempo"]] >= TEMPO0:
-                        score.tempo_at[onset] = int(word[COL["tempo"]] - TEMPO0)
-                    if word[COL["chord"]] >= CHORD_NONE:
-                        score.chord_at[onset] = int(word[COL["chord"]])
-            elif family == FAMILY_NOTE and onset is not None and all(word[COL[f]] >= VALUE0 for f in NOTE_FIELDS):
-                score.notes.append(ScoreNote(
-                    onset=onset,
-                    pitch=int(word[COL["pitch"]] - VALUE0 + self.config.pitch_min),
-                    duration_class=int(word[COL["duration"]] - VALUE0),
-                    velocity_class=int(word[COL["velocity"]] - VALUE0),
-                ))
-        return score
+        """Words -> :class:`Score` (read by :func:`cwcompose.words.read_words`). Words that
+        break the grammar are skipped, never fatal."""
+        table = note_table(words, self.config)
+        tempo_at, chord_at = changes(words, self.config)
+        notes = [ScoreNote(onset=o, pitch=p, duration_class=d, velocity_class=v) for o, p, d, v in zip(
+            table.onset.tolist(), table.pitch.tolist(), table.duration_class.tolist(), table.velocity_class.tolist())]
+        return Score(notes=notes, tempo_at=tempo_at, chord_at=chord_at)
 
     def decode(self, words: np.ndarray) -> miditoolkit.MidiFile:
         """Words -> a one-track piano ``MidiFile`` at ``config.ticks_per_beat``, chords as markers."""
