@@ -65,6 +65,8 @@ def _add_generate(commands) -> None:
     p.add_argument("--primer", type=Path, help="a MIDI file to continue")
     p.add_argument("--primer-bars", type=int, default=8, help="keep the primer's last N bars")
     p.add_argument("--bars", type=int, default=16, help="bars to generate")
+    p.add_argument("--from-bar", type=int, help="with --primer: cut the primer after its bar N (then keep its last --primer-bars)")
+    p.add_argument("--variations", type=int, default=1, help="N takes at once (seeds S..S+N-1): OUT-1.mid ... OUT-N.mid")
     p.add_argument("--seconds", type=float, help="stop once the piece is this long (seconds)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", default="balanced", help="steady, balanced or adventurous")
@@ -90,7 +92,7 @@ def _parse_field_values(items: list[str], option: str) -> dict[str, float]:
 
 def _run_generate(args) -> int:
     from cwcompose.checkpoints import CheckpointError, load_checkpoint
-    from cwcompose.generation import compose, save_midi
+    from cwcompose.generation import compose_variations, save_midi
     from cwcompose.sampling import PRESETS
     from cwcompose.tokenizer import MidiReadError
 
@@ -100,14 +102,32 @@ def _run_generate(args) -> int:
         sampling = PRESETS[args.preset].with_overrides(
             _parse_field_values(args.temperature, "--temperature"), _parse_field_values(args.top_p, "--top-p"))
         model, tokenizer = load_checkpoint(args.checkpoint, device=args.device)
-        piece = compose(model, tokenizer, primer=args.primer, primer_bars=args.primer_bars, bars=args.bars,
-                        max_seconds=args.seconds, sampling=sampling, seed=args.seed)
+        if args.from_bar is not None and args.primer is None:
+            raise ValueError("--from-bar needs --primer (the piece to rewind)")
+        pieces = compose_variations(model, tokenizer, variations=args.variations, primer=args.primer,
+                                    primer_bars=args.primer_bars, bars=args.bars, max_seconds=args.seconds,
+                                    sampling=sampling, seed=args.seed, from_bar=args.from_bar,
+                                    constraints=constraints_from_args(args, tokenizer))
     except (ValueError, CheckpointError, MidiReadError) as err:
         raise SystemExit(f"cwcompose generate: {err}") from None
-    save_midi(piece, args.output)
-    print(f"wrote {args.output}: {piece.primer_bars} primer bars + {piece.bars} new bars, "
-          f"{len(piece.midi.instruments[0].notes)} notes, {piece.seconds:.1f} s (seed {piece.seed})")
+    for piece, path in zip(pieces, output_paths(args.output, args.variations)):
+        save_midi(piece, path)
+        print(f"wrote {path}: {piece.primer_bars} primer bars + {piece.bars} new bars, "
+              f"{len(piece.midi.instruments[0].notes)} notes, {piece.seconds:.1f} s (seed {piece.seed})")
     return 0
+
+
+def output_paths(output: Path, variations: int) -> list[Path]:
+    """``OUT.mid`` for one piece; ``OUT-1.mid`` ... ``OUT-N.mid`` for N variations."""
+    if variations == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(1, variations + 1)]
+
+
+def constraints_from_args(args, tokenizer) -> list:
+    """The user's locks (logit processors, see cwcompose.grammar) from the generate options;
+    none yet."""
+    return []
 
 
 def _add_evaluate(commands) -> None:

@@ -101,3 +101,15 @@ def test_primer_keeps_the_last_bars_of_time_not_leading_silence():
     assert count_bars(primer_words(tokenizer, midi, 2)) == 2
     assert count_bars(primer_words(tokenizer, midi, 8)) == 3, "a rest longer than what is left is not taken"
     assert count_bars(primer_words(tokenizer, midi, 100)) == 18, "leading silence before bar 40 is dropped"
+
+
+def test_generate_variations_and_from_bar_write_identical_files_for_the_same_seed(tmp_path, pop909):
+    model, tokenizer = tiny_model()
+    save_checkpoint(model, tokenizer, tmp_path / "step7", step=7)
+    args = ["generate", "--checkpoint", str(tmp_path / "step7"), "--primer", str(pop909 / "005" / "005.mid"),
+            "--from-bar", "6", "--primer-bars", "4", "--bars", "2", "--variations", "3", "--seed", "2"]
+    assert cli_main(args + ["-o", str(tmp_path / "a.mid")]) == 0
+    assert cli_main(args + ["-o", str(tmp_path / "b.mid")]) == 0
+    for i in (1, 2, 3):
+        assert (tmp_path / f"a-{i}.mid").read_bytes() == (tmp_path / f"b-{i}.mid").read_bytes()
+    assert (tmp_path / "a-1.mid").read_bytes() != (tmp_path / "a-2.mid").read_bytes()
