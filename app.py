@@ -7,18 +7,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import secrets
 from pathlib import Path
 
 import gradio as gr
 import torch
 
 from cwcompose.checkpoints import SHIPPED_STEPS, CheckpointError
+from cwcompose.locks import Locks
 from cwcompose.render import RenderError
+from cwcompose.roll_view import HEAD, ab_html, empty_roll_html, variations_html
 from cwcompose.sampling import DEFAULT_SAMPLING, FIELD_LABELS, MAX_TEMPERATURE, PRESETS, SamplingConfig
-from cwcompose.studio import (DEFAULT_CHECKPOINT, MAX_SEED, ComposeRequest, Limits, RequestError, Stopped, Studio,
-                              comparison_rows)
-from cwcompose.tokenizer import FIELDS, MidiReadError
+from cwcompose.studio import (DEFAULT_CHECKPOINT, MAX_SEED, MAX_VARIATIONS, ComposeRequest, History, Limits, Partial,
+                              RequestError, Studio, locks_summary, numbers_table, stream_compose)
+from cwcompose.tokenizer import FIELDS, PITCH_CLASSES, MidiReadError
 
 CHECKPOINTS_ENV = "CWCOMPOSE_CHECKPOINTS"
 DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -36,10 +40,8 @@ USER_ERRORS = (RequestError, CheckpointError, MidiReadError, RenderError)  # sho
 SAMPLING_HELP = ("**Sampling, field by field.** Temperature: 0 always picks the likeliest value, higher is "
                  "more surprising. Top-p: the share of probability kept; lower is safer.")
 INTRO = """# cwcompose
-Continue a piano piece (or start from nothing) with a Compound Word Transformer trained on POP909.
-Upload a MIDI primer, pick a checkpoint, shape each musical field with its own temperature and top-p,
-and listen. **Compare** plays the same primer and seed through all three checkpoints; the notes beside
-them are the original author's impressions, and `docs/EVALUATION.md` in the repository measures them."""
+Piano continuations from a Compound Word Transformer (POP909). Generate streams the audio and the roll as bars
+are composed; every result is a take you can undo, rewind, continue or download."""
 
 
 def gpu(seconds: float):
@@ -74,17 +76,33 @@ def sampling_from_sliders(values: dict) -> SamplingConfig:
                           top_p={f: values[slider_name("top_p", f)] for f in FIELDS})
 
 
-def build_request(checkpoint, primer, primer_bars, bars, seed, random_seed, sliders: dict) -> ComposeRequest:
-    """UI values -> ComposeRequest; every problem becomes a gr.Error naming it."""
+KEYS = [("none", "")] + [(f"{p} {m}", f"{p} {m}") for m in ("major", "minor") for p in PITCH_CLASSES] + [
+    ("from the primer", "from primer")]
+CHECKPOINT_CHOICES = [(f"{s} ({CHECKPOINT_NOTES[s]})", s) for s in SHIPPED_STEPS]
+NUMBER_HEADERS = ["measure", "value"]
+TAKE_HEADERS = ["take", "checkpoint", "seed", "bars", "locks"]
+EMPTY_NUMBERS = {"headers": NUMBER_HEADERS, "data": [["", ""]]}
+
+
+def locks_from(chords, key, key_strength, tempo_bpm) -> Locks:
+    """UI/API values -> Locks: empty text, the "none" key and tempo 0 mean "not locked"."""
     try:
-        return ComposeRequest(checkpoint=checkpoint, primer=primer, primer_bars=primer_bars, bars=bars,
-                              seed=None if random_seed else seed, sampling=sampling_from_sliders(sliders))
+        return Locks(chords=(chords or "").strip() or None, key=(key or "").strip() or None,
+                     key_strength=float(key_strength if key_strength is not None else 1.0),
+                     tempo_bpm=float(tempo_bpm) if tempo_bpm else None)
     except ValueError as err:
         raise gr.Error(str(err)) from err
 
 
-def bar_progress(progress: gr.Progress):
-    return lambda done, total: progress((done, total), desc="composing", unit="bars")
+def build_request(checkpoint, primer, primer_bars, bars, seed, random_seed, sliders: dict, *, variations=1,
+                  locks: Locks = Locks(), primer_words=None) -> ComposeRequest:
+    """UI values -> ComposeRequest; every problem becomes a gr.Error naming it."""
+    try:
+        return ComposeRequest(checkpoint=checkpoint, primer=primer, primer_bars=primer_bars, bars=bars,
+                              seed=None if random_seed else seed, sampling=sampling_from_sliders(sliders),
+                              variations=variations, locks=locks, primer_words=primer_words)
+    except ValueError as err:
+        raise gr.Error(str(err)) from err
 
 
 def session_key(request: gr.Request | None) -> str:
@@ -99,40 +117,15 @@ def sampling_sliders() -> tuple[dict[str, gr.Slider], dict[str, gr.Slider]]:
     gr.Markdown(SAMPLING_HELP)
     temperature, top_p = {}, {}
     for group, fields in FIELD_GROUPS.items():
-        with gr.Accordion(group, open=group != "Word type"):
-            for field in fields:
-                with gr.Row():
-                    temperature[field] = gr.Slider(
-                        0.0, min(MAX_TEMPERATURE, 3.0), value=DEFAULT_SAMPLING.temperature[field], step=0.05,
-                        label=f"{FIELD_LABELS[field]}: temperature", elem_id=f"temperature-{field}")
-                    top_p[field] = gr.Slider(0.05, 1.0, value=DEFAULT_SAMPLING.top_p[field], step=0.01,
-                                             label=f"{FIELD_LABELS[field]}: top-p", elem_id=f"top-p-{field}")
+        gr.Markdown(f"**{group}**")
+        for field in fields:
+            with gr.Row():
+                temperature[field] = gr.Slider(
+                    0.0, min(MAX_TEMPERATURE, 3.0), value=DEFAULT_SAMPLING.temperature[field], step=0.05,
+                    label=f"{FIELD_LABELS[field]}: temperature", elem_id=f"temperature-{field}")
+                top_p[field] = gr.Slider(0.05, 1.0, value=DEFAULT_SAMPLING.top_p[field], step=0.01,
+                                         label=f"{FIELD_LABELS[field]}: top-p", elem_id=f"top-p-{field}")
     return temperature, top_p
-
-
-def result_outputs(suffix: str, label: str, with_metrics: bool = True) -> dict[str, gr.Component]:
-    """Audio, piano roll, MIDI download and (optionally) numbers for one result."""
-    outputs = {
-        "audio": gr.Audio(label=f"{label} audio", type="numpy", format="wav", interactive=False,
-                          elem_id=f"audio-{suffix}"),
-        "plot": gr.Plot(label=f"{label} piano roll", show_label=False, elem_id=f"roll-{suffix}"),
-        "midi": gr.File(label=f"{label} MIDI", interactive=False, elem_id=f"midi-{suffix}"),
-    }
-    if with_metrics:
-        outputs["metrics"] = gr.JSON(label=f"{label} numbers", elem_id=f"metrics-{suffix}")
-    return outputs
-
-
-def result_values(outputs: dict[str, gr.Component], result) -> dict:
-    """A ComposeResult (or a message for a missing checkpoint) -> values for :func:`result_outputs`."""
-    if isinstance(result, str):
-        values = {outputs["audio"]: None, outputs["plot"]: None, outputs["midi"]: None}
-        metrics = {"not available": result}
-    else:
-        values = {outputs["audio"]: result.audio, outputs["plot"]: result.figure,
-                  outputs["midi"]: str(result.midi_path)}
-        metrics = result.metrics
-    return {**values, outputs["metrics"]: metrics} if "metrics" in outputs else values
 
 
 def build_demo(studio: Studio) -> gr.Blocks:
@@ -140,146 +133,309 @@ def build_demo(studio: Studio) -> gr.Blocks:
     limits = studio.limits
     with gr.Blocks(title="cwcompose", delete_cache=(limits.cache_seconds, limits.cache_seconds)) as demo:
         gr.Markdown(INTRO)
+        history = gr.State(History())
+        with gr.Tab("Compose", id="compose-tab"):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=2, min_width=320):
+                    controls = compose_controls(limits)
+                with gr.Column(scale=3, min_width=320, elem_id="compose-result"):
+                    result = result_panel()
+        with gr.Tab("Compare checkpoints", id="compare-tab"):
+            compare_ui = compare_panel()
         status = gr.Markdown(service_status(studio), elem_id="checkpoint-status")
-        with gr.Row():
-            with gr.Column(scale=2):
-                settings = settings_panel(limits)
-            with gr.Column(scale=3):
-                with gr.Tab("Compose", id="compose-tab"):
-                    compose_ui = compose_panel()
-                with gr.Tab("Compare checkpoints", id="compare-tab"):
-                    compare_ui = compare_panel()
-        wire_events(studio, settings, compose_ui, compare_ui)
+        wire_events(studio, history, controls, result, compare_ui)
         demo.load(lambda: service_status(studio), None, status, api_visibility="private")
     return demo.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
 
 
-def settings_panel(limits: Limits) -> dict:
-    primer = gr.File(label="Primer MIDI (optional)", file_types=[".mid", ".midi"], type="filepath",
-                     elem_id="primer")
+def compose_controls(limits: Limits) -> dict:
+    c = {}
+    with gr.Row(elem_id="actions"):
+        c["generate"] = gr.Button("Generate", variant="primary", elem_id="generate", min_width=90)
+        c["stop"] = gr.Button("Stop", variant="stop", elem_id="stop", min_width=70)
+        c["undo"] = gr.Button("Undo", elem_id="undo", min_width=70)
     with gr.Row():
-        primer_bars = gr.Slider(1, limits.max_primer_bars, value=DEFAULT_REQUEST.primer_bars, step=1,
-                                label="Keep the primer's last N bars", elem_id="primer-bars")
-        bars = gr.Slider(1, limits.max_bars, value=DEFAULT_REQUEST.bars, step=1, label="Bars to generate",
-                         elem_id="bars")
+        c["checkpoint"] = gr.Dropdown(CHECKPOINT_CHOICES, value=DEFAULT_CHECKPOINT, label="Checkpoint",
+                                      elem_id="checkpoint", min_width=150)
+        c["bars"] = gr.Number(DEFAULT_REQUEST.bars, precision=0, minimum=1, maximum=limits.max_bars, step=1,
+                              label=f"Bars (1–{limits.max_bars})", elem_id="bars", min_width=80)
+        c["variations"] = gr.Number(1, precision=0, minimum=1, maximum=MAX_VARIATIONS, step=1,
+                                    label=f"Variations (1–{MAX_VARIATIONS})", elem_id="variations", min_width=80)
     with gr.Row():
-        seed = gr.Number(value=0, precision=0, label=f"Seed, 0 to {MAX_SEED} (the one used is shown)",
-                         elem_id="seed")
-        random_seed = gr.Checkbox(value=True, label="Random seed", elem_id="random-seed")
+        c["chords"] = gr.Textbox(label="Chords, one per bar (e.g. C G Am F)", placeholder="free",
+                                 elem_id="chords", min_width=150, max_lines=1)
+        c["tempo"] = gr.Number(0, minimum=0, maximum=250, label="Tempo BPM (0 = free)", elem_id="tempo",
+                               min_width=80)
     with gr.Row():
-        preset = gr.Dropdown(list(PRESETS), value="balanced", label="Sampling preset", elem_id="preset")
-        reset = gr.Button("Reset settings", elem_id="reset")
-    temperature, top_p = sampling_sliders()
-    return dict(primer=primer, primer_bars=primer_bars, bars=bars, seed=seed, random_seed=random_seed,
-                preset=preset, reset=reset, temperature=temperature, top_p=top_p)
+        c["key"] = gr.Dropdown(KEYS, value="", label="Key", elem_id="key", min_width=120)
+        c["key_strength"] = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Key strength",
+                                      elem_id="key-strength", min_width=120)
+    c["primer"] = gr.File(label="Primer MIDI (optional)", file_types=[".mid", ".midi"], type="filepath",
+                          elem_id="primer", height=90)
+    with gr.Accordion("Primer bars and seed", open=False):
+        with gr.Row():
+            c["primer_bars"] = gr.Slider(1, limits.max_primer_bars, value=DEFAULT_REQUEST.primer_bars, step=1,
+                                         label="Keep the primer's last N bars", elem_id="primer-bars")
+            c["seed"] = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
+                                  elem_id="seed")
+            c["random_seed"] = gr.Checkbox(value=True, label="Random seed", elem_id="random-seed")
+    with gr.Accordion("Fine-tune sampling", open=False, elem_id="fine-tune"):
+        with gr.Row():
+            c["preset"] = gr.Dropdown(list(PRESETS), value="balanced", label="Sampling preset", elem_id="preset")
+            c["reset"] = gr.Button("Reset settings", elem_id="reset")
+        c["temperature"], c["top_p"] = sampling_sliders()
+    return c
 
 
-def compose_panel() -> dict:
-    checkpoint = gr.Radio([(f"{s} ({CHECKPOINT_NOTES[s]})", s) for s in SHIPPED_STEPS], value=DEFAULT_CHECKPOINT,
-                          label="Checkpoint (training step)", elem_id="checkpoint")
+def result_panel() -> dict:
+    r = {}
+    r["piano_roll"] = gr.HTML(empty_roll_html(), label="Piano roll", elem_id="roll", min_height=250)
+    r["audio"] = gr.Audio(label="Audio", type="filepath", interactive=False, elem_id="audio")
     with gr.Row():
-        generate = gr.Button("Generate", variant="primary", elem_id="generate")
-        stop = gr.Button("Stop", variant="stop", elem_id="stop")
-        again = gr.Button("Continue from this result", elem_id="continue")
-    return dict(checkpoint=checkpoint, generate=generate, stop=stop, again=again, **result_outputs("compose", "Result"))
+        r["midi"] = gr.File(label="MIDI", interactive=False, elem_id="midi", height=70)
+        with gr.Column(min_width=200):
+            with gr.Row():
+                r["rewind_bar"] = gr.Number(4, precision=0, minimum=1, label="Keep first N bars",
+                                            elem_id="rewind-bar", min_width=90)
+                r["rewind"] = gr.Button("Regenerate from bar N", elem_id="rewind", min_width=120)
+            r["continue"] = gr.Button("Continue this take", elem_id="continue")
+    r["numbers"] = gr.Dataframe(value=EMPTY_NUMBERS, label="Numbers", interactive=False, elem_id="numbers",
+                                wrap=True)
+    with gr.Group():
+        r["variations"] = gr.HTML("", label="Variations", elem_id="variations-view")
+        with gr.Row():
+            r["keep_choice"] = gr.Dropdown([str(i) for i in range(1, MAX_VARIATIONS + 1)], value="1",
+                                           label="Variation to keep", elem_id="keep-choice", visible=False)
+            r["keep"] = gr.Button("Keep this variation", elem_id="keep", visible=False)
+    r["takes"] = gr.Dataframe(headers=TAKE_HEADERS, label="Takes this session (newest last)", interactive=False,
+                              elem_id="takes", wrap=True)
+    return r
 
 
 def compare_panel() -> dict:
     with gr.Row():
         compare = gr.Button("Compare all three checkpoints", variant="primary", elem_id="compare")
         stop = gr.Button("Stop", variant="stop", elem_id="compare-stop")
-    columns = {}
-    with gr.Row():
-        for step in SHIPPED_STEPS:
-            with gr.Column(min_width=160):
-                gr.Markdown(f"### {step}\n{CHECKPOINT_NOTES[step]}")
-                columns[step] = result_outputs(str(step), f"{step}", with_metrics=False)
-    table = gr.Dataframe(headers=["", *map(str, SHIPPED_STEPS)], label="The three results in numbers",
-                         interactive=False, elem_id="compare-table")
-    return dict(compare=compare, stop=stop, columns=columns, table=table)
+    gr.Markdown("Same primer, seed, bars, locks and sampling (set on the Compose tab) through each checkpoint. "
+                "One transport: A/B/C switch checkpoints at the same moment of the music.")
+    view = gr.HTML("", label="Comparison", elem_id="compare-view")
+    table = gr.Dataframe(headers=["measure", *map(str, SHIPPED_STEPS)], label="The results in numbers",
+                         interactive=False, elem_id="compare-table", wrap=True)
+    files = {}
+    with gr.Accordion("Downloads", open=False):
+        with gr.Row():
+            for step in SHIPPED_STEPS:
+                with gr.Column(min_width=160):
+                    files[step] = {"audio": gr.Audio(label=f"Audio {step}", type="filepath", interactive=False,
+                                                     elem_id=f"audio-{step}"),
+                                   "midi": gr.File(label=f"MIDI {step}", interactive=False, elem_id=f"midi-{step}")}
+    return dict(compare=compare, stop=stop, view=view, table=table, files=files)
 
 
 # ---------------------------------------------------------------- events
 
 
-def slider_inputs(settings: dict) -> dict[str, gr.Slider]:
+def slider_inputs(c: dict) -> dict[str, gr.Slider]:
     """Every sampling slider keyed by its API parameter name."""
-    return {**{slider_name("temperature", f): s for f, s in settings["temperature"].items()},
-            **{slider_name("top_p", f): s for f, s in settings["top_p"].items()}}
+    return {**{slider_name("temperature", f): s for f, s in c["temperature"].items()},
+            **{slider_name("top_p", f): s for f, s in c["top_p"].items()}}
 
 
-def preset_values(settings: dict, config: SamplingConfig) -> dict:
+def preset_values(c: dict, config: SamplingConfig) -> dict:
     """Slider updates that show ``config``."""
-    return {**{settings["temperature"][f]: config.temperature[f] for f in FIELDS},
-            **{settings["top_p"][f]: config.top_p[f] for f in FIELDS}}
+    return {**{c["temperature"][f]: config.temperature[f] for f in FIELDS},
+            **{c["top_p"][f]: config.top_p[f] for f in FIELDS}}
 
 
-def wire_events(studio: Studio, settings: dict, compose_ui: dict, compare_ui: dict) -> None:
-    sliders = slider_inputs(settings)
-    shared = [settings[k] for k in ("primer", "primer_bars", "bars", "seed", "random_seed")]
+def takes_rows(history: History) -> list[list]:
+    return [[t.label, t.checkpoint, t.seed, t.bars, "; ".join(f"{k} {v}" for k, v in locks_summary(t.request.locks).items())]
+            for t in history.takes] or [["", "", "", "", ""]]
+
+
+def wire_events(studio: Studio, history: gr.State, c: dict, r: dict, compare_ui: dict) -> None:
+    sliders = slider_inputs(c)
+    main_outputs = [r["audio"], r["midi"], r["piano_roll"], r["numbers"], c["seed"]]
+
+    def take_values(take, seed_fallback=0) -> tuple:
+        if take is None:
+            return None, None, empty_roll_html("No takes yet: press Generate."), EMPTY_NUMBERS, seed_fallback
+        return (str(take.audio_path), str(take.midi_path), take.roll,
+                {"headers": NUMBER_HEADERS, "data": numbers_table(take.numbers)}, take.seed)
+
+    def stream(req: ComposeRequest, hist: History, request: gr.Request, label: str):
+        """Streamed updates (the roll, which carries the audio chunk list), then the final take."""
+        key = session_key(request)
+        stop = studio.stops.start(key)
+        try:
+            for event in stream_compose(studio, req, stop, label=label):
+                if isinstance(event, Partial):
+                    yield {r["piano_roll"]: event.roll}
+                else:
+                    hist.add(event[0], event if len(event) > 1 else [])
+                    audio, midi, roll, numbers, seed = take_values(event[0])
+                    yield {r["audio"]: audio, r["midi"]: midi, r["piano_roll"]: roll, r["numbers"]: numbers,
+                           c["seed"]: seed, history: hist}
+        except USER_ERRORS as err:
+            raise gr.Error(str(err)) from err
+        finally:
+            studio.stops.finish(key, stop)
 
     @gpu(studio.limits.request_seconds)
-    def compose_clicked(checkpoint, primer, primer_bars, bars, seed, random_seed, request: gr.Request,
-                        progress=gr.Progress(), **sampling):
-        req = build_request(checkpoint, primer, primer_bars, bars, seed, random_seed, sampling)
-        result = run_studio(studio, studio.compose, req, bar_progress(progress), session_key(request))
-        return {**result_values(compose_ui, result), settings["seed"]: result.seed}
+    def compose(checkpoint=DEFAULT_CHECKPOINT, primer=None, bars=16, variations=1, chords=None, key=None, key_strength=1.0,
+                tempo_bpm=0, primer_bars=8, seed=0, random_seed=True, hist: History = None,
+                request: gr.Request = None, **sampling):
+        req = build_request(checkpoint, primer, primer_bars, bars, seed, random_seed, sampling,
+                            variations=variations, locks=locks_from(chords, key, key_strength, tempo_bpm))
+        yield from stream(req, hist, request, label="")
 
-    @gpu(studio.limits.request_seconds * len(SHIPPED_STEPS))
-    def compare_clicked(primer, primer_bars, bars, seed, random_seed, request: gr.Request,
-                        progress=gr.Progress(), **sampling):
-        req = build_request(DEFAULT_CHECKPOINT, primer, primer_bars, bars, seed, random_seed, sampling)
-        results = run_studio(studio, studio.compare, req, bar_progress(progress), session_key(request))
-        values = {settings["seed"]: next((r.seed for r in results.values() if not isinstance(r, str)), seed),
-                  compare_ui["table"]: {"headers": ["", *map(str, results)], "data": comparison_rows(results)}}
-        for step, result in results.items():
-            if isinstance(result, str):
-                gr.Warning(result)
-            values.update(result_values(compare_ui["columns"][step], result))
-        return values
+    @gpu(studio.limits.request_seconds)
+    def rewind(bar, seed, random_seed, hist: History, request: gr.Request):
+        take = current_take(hist)
+        if bar is None or not 1 <= bar <= take.bars - 2:
+            raise gr.Error(f"Keep from 1 to {take.bars - 2} bars: the current take has {take.bars}, and at least "
+                           "one bar must be composed again.")
+        bar = int(bar)
+        try:  # the kept bars, then a bar line, so that composing starts at bar N + 1
+            req = dataclasses.replace(take.request, primer=None, primer_words=with_bar_line(take.words_up_to_bar(bar)),
+                                      primer_bars=bar + 1, bars=take.bars - bar - 1, variations=1,
+                                      seed=None if random_seed else seed)
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+        yield from stream(req, hist, request, label=f"rewound from bar {bar}")
 
-    compose_outputs = [compose_ui[k] for k in ("audio", "plot", "midi", "metrics")] + [settings["seed"]]
-    compare_outputs = [c[k] for c in compare_ui["columns"].values() for k in ("audio", "plot", "midi")]
-    compare_outputs += [compare_ui["table"], settings["seed"]]
-    composing = compose_ui["generate"].click(compose_clicked, [compose_ui["checkpoint"], *shared], compose_outputs,
-                                             inputs_kwargs=sliders, api_name="compose",
-                                             show_progress_on=[compose_ui["audio"]])
-    comparing = compare_ui["compare"].click(compare_clicked, shared, compare_outputs, inputs_kwargs=sliders,
-                                            api_name="compare",
-                                            show_progress_on=[c["audio"] for c in compare_ui["columns"].values()])
+    @gpu(studio.limits.request_seconds)
+    def continue_take(bars, seed, random_seed, hist: History, request: gr.Request):
+        take = current_take(hist)
+        try:
+            req = dataclasses.replace(take.request, primer=None, primer_words=take.composition.words,
+                                      primer_bars=take.bars, bars=bars, variations=1,
+                                      seed=None if random_seed else seed)
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+        yield from stream(req, hist, request, label="continued")
+
+    def undo(hist: History):
+        hist.undo()
+        return (*take_values(hist.current), hist)
+
+    def keep(choice, hist: History):
+        if not choice:
+            raise gr.Error("Pick a variation to keep first.")
+        try:
+            take = hist.keep(int(choice) - 1)
+        except RequestError as err:
+            raise gr.Error(str(err)) from err
+        return (*take_values(take), hist)
+
+    def show_history(hist: History):
+        n = len(hist.variations)
+        items = [(f"Variation {i + 1} (seed {t.seed})", t.roll_small, str(t.audio_path))
+                 for i, t in enumerate(hist.variations)] if n else []
+        return (takes_rows(hist), variations_html(items),
+                gr.update(value="1", visible=n > 1),
+                gr.update(visible=n > 1))
+
+    history_outputs = [r["takes"], r["variations"], r["keep_choice"], r["keep"]]
+    compose_inputs = [c[k] for k in ("checkpoint", "primer", "bars", "variations", "chords", "key", "key_strength",
+                                     "tempo", "primer_bars", "seed", "random_seed")] + [history]
+    events = [
+        c["generate"].click(compose, compose_inputs, [*main_outputs, history], inputs_kwargs=sliders,
+                            api_name="compose", show_progress="minimal", trigger_mode="once"),
+        r["rewind"].click(rewind, [r["rewind_bar"], c["seed"], c["random_seed"], history], [*main_outputs, history],
+                          api_name="rewind", show_progress="minimal"),
+        r["continue"].click(continue_take, [c["bars"], c["seed"], c["random_seed"], history],
+                            [*main_outputs, history], api_name="continue", show_progress="minimal"),
+        c["undo"].click(undo, history, [*main_outputs, history], api_name="undo"),
+        r["keep"].click(keep, [r["keep_choice"], history], [*main_outputs, history], api_name="keep"),
+    ]
+    for event in events:
+        event.then(show_history, history, history_outputs, api_visibility="private")
 
     def stop_clicked(request: gr.Request):
         studio.stops.stop(session_key(request))
 
-    for button in (compose_ui["stop"], compare_ui["stop"]):
-        button.click(stop_clicked, None, None, cancels=[composing, comparing], api_visibility="private")
-    compose_ui["again"].click(continue_from, compose_ui["midi"], settings["primer"], api_visibility="private")
-    settings["preset"].change(lambda name: preset_values(settings, PRESETS[name]), settings["preset"],
-                              list(sliders.values()), api_visibility="private")
-    settings["reset"].click(lambda: {**preset_values(settings, DEFAULT_SAMPLING), settings["preset"]: "balanced",
-                                     settings["primer_bars"]: DEFAULT_REQUEST.primer_bars,
-                                     settings["bars"]: DEFAULT_REQUEST.bars},
-                            None, [*sliders.values(), settings["preset"], settings["primer_bars"], settings["bars"]],
-                            api_visibility="private")
+    c["stop"].click(stop_clicked, None, None, api_name="stop")
+    wire_compare(studio, c, compare_ui, sliders)
+    c["preset"].change(lambda name: preset_values(c, PRESETS[name]), c["preset"], list(sliders.values()),
+                       api_visibility="private")
+    c["reset"].click(lambda: {**preset_values(c, DEFAULT_SAMPLING), c["preset"]: "balanced",
+                              c["primer_bars"]: DEFAULT_REQUEST.primer_bars, c["bars"]: DEFAULT_REQUEST.bars},
+                     None, [*sliders.values(), c["preset"], c["primer_bars"], c["bars"]], api_visibility="private")
 
 
-def run_studio(studio: Studio, method, request: ComposeRequest, on_bar, key: str):
-    """Call a Studio method with a stop flag for this session; user errors become gr.Error."""
-    stop = studio.stops.start(key)
-    try:
-        return method(request, on_bar=on_bar, stop=stop)
-    except Stopped as err:
-        raise gr.Error("Stopped.") from err
-    except USER_ERRORS as err:
-        raise gr.Error(str(err)) from err
-    finally:
-        studio.stops.finish(key, stop)
+def with_bar_line(words):
+    """``words`` followed by a Bar word (the engine's grammar starts a bar from it)."""
+    import numpy as np
+    from cwcompose.tokenizer import BAR, FAMILY_METRIC, IGNORE
+    bar = np.full((1, words.shape[1]), IGNORE, dtype=words.dtype)
+    bar[0, :2] = (FAMILY_METRIC, BAR)
+    return np.concatenate([words, bar])
 
 
-def continue_from(midi_path):
-    if not midi_path:
-        raise gr.Error("Generate something first: there is no result to continue from yet.")
-    return midi_path
+def current_take(hist: History):
+    if hist.current is None:
+        raise gr.Error("Generate something first: there is no take yet.")
+    return hist.current
+
+
+def wire_compare(studio: Studio, c: dict, ui: dict, sliders: dict) -> None:
+    @gpu(studio.limits.request_seconds * len(SHIPPED_STEPS))
+    def compare(primer=None, primer_bars=8, bars=16, seed=0, random_seed=True, chords=None, key=None, key_strength=1.0,
+                tempo_bpm=0, request: gr.Request = None, **sampling):
+        req = build_request(DEFAULT_CHECKPOINT, primer, primer_bars, bars, seed, random_seed, sampling,
+                            locks=locks_from(chords, key, key_strength, tempo_bpm))
+        key_ = session_key(request)
+        stop = studio.stops.start(key_)
+        try:
+            takes = studio_compare(studio, req, stop)
+        except USER_ERRORS as err:
+            raise gr.Error(str(err)) from err
+        finally:
+            studio.stops.finish(key_, stop)
+        values, items, columns = {}, [], {}
+        for letter, (step, take) in zip("ABC", takes.items()):
+            if isinstance(take, str):
+                gr.Warning(take)
+                values.update({ui["files"][step]["audio"]: None, ui["files"][step]["midi"]: None})
+                continue
+            items.append((letter, f"checkpoint {step}", take.roll, str(take.audio_path)))
+            values.update({ui["files"][step]["audio"]: str(take.audio_path),
+                           ui["files"][step]["midi"]: str(take.midi_path)})
+            columns[step] = take.numbers
+        names = next((list(n) for n in columns.values()), [])
+        rows = [[name] + [str(columns[s][name]) if s in columns else "not available" for s in takes]
+                for name in names if name != "checkpoint"]
+        seed_used = next((t.seed for t in takes.values() if not isinstance(t, str)), seed)
+        return {**values, ui["view"]: ab_html(items), c["seed"]: seed_used,
+                ui["table"]: {"headers": ["measure", *map(str, takes)], "data": rows or [["", "", "", ""]]}}
+
+    outputs = [ui["view"], ui["table"], c["seed"]] + [f[k] for f in ui["files"].values() for k in ("audio", "midi")]
+    inputs = [c[k] for k in ("primer", "primer_bars", "bars", "seed", "random_seed", "chords", "key", "key_strength",
+                             "tempo")]
+    ui["compare"].click(compare, inputs, outputs, inputs_kwargs=sliders, api_name="compare",
+                        show_progress="minimal")
+    def stop_clicked(request: gr.Request):
+        studio.stops.stop(session_key(request))
+
+    ui["stop"].click(stop_clicked, None, None, api_visibility="private")
+
+
+def studio_compare(studio: Studio, req: ComposeRequest, stop) -> dict:
+    """Every shipped checkpoint on one request and seed: step -> Take, or a message if missing."""
+    available = studio.available_checkpoints()
+    if not available:
+        raise CheckpointError(f"no checkpoints in {studio.checkpoint_dir}")
+    seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    out = {}
+    for step in SHIPPED_STEPS:
+        if step not in available:
+            out[step] = studio.missing_checkpoint_message(step)
+            continue
+        for event in stream_compose(studio, dataclasses.replace(req, checkpoint=step, seed=seed), stop,
+                                    label=f"checkpoint {step}"):
+            if not isinstance(event, Partial):
+                out[step] = event[0]
+    return out
 
 
 # ---------------------------------------------------------------- launch
@@ -297,7 +453,8 @@ def make_studio(env=os.environ) -> Studio:
 def launch_options(studio: Studio) -> dict:
     """``launch()`` arguments that the app's behaviour depends on (tests launch with them too):
     the upload cap, and Gradio's own input errors (e.g. text in a number field) shown, not hidden."""
-    return dict(max_file_size=studio.limits.upload_bytes, show_error=True)
+    return dict(max_file_size=studio.limits.upload_bytes, show_error=True, head=HEAD,
+                allowed_paths=[str(studio.workdir)])
 
 
 def launch(studio: Studio, **options) -> gr.Blocks:

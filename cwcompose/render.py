@@ -311,6 +311,12 @@ class Renderer:
             synth.reset(events.programs)
             return synth.play(events, total)
 
+    @contextmanager
+    def stream(self) -> Iterator["StreamRenderer"]:
+        """A :class:`StreamRenderer` holding one synth of the pool until the block ends."""
+        with self._borrow() as synth:
+            yield StreamRenderer(self, synth)
+
     def close(self) -> None:
         """Free every idle synth (the renderer loads new ones if used again)."""
         with self._available:
@@ -331,3 +337,62 @@ def to_pcm16(audio: np.ndarray, peak: float = 0.9) -> np.ndarray:
     if loudest == 0.0:
         return np.zeros(audio.shape, dtype=np.int16)
     return np.round(audio * (peak * 32767.0 / loudest)).astype(np.int16)
+
+
+class StreamRenderer:
+    """Renders a piece bar by bar while it is being composed, on one synth held for the whole
+    stream, so a note that rings across a chunk boundary carries on in the next chunk.
+
+    >>> with renderer.stream() as stream:
+    ...     for midi_so_far, bar_end_tick in bars:      # every note starting before bar_end_tick is final
+    ...         chunk = stream.feed(midi_so_far, bar_end_tick)
+    ...     tail = stream.finish(whole_midi)
+
+    ``feed`` renders up to the sample where ``bar_end_tick`` falls; events before it cannot
+    change any more (a later note can only move a note-off that lies after it), and ticks
+    before it keep their time whatever tempo comes later. ``finish`` renders the rest, release
+    included. The chunks concatenated are the samples :meth:`Renderer.render` gives for the
+    whole piece (with reverb off they are equal; with reverb on only its modulation differs).
+    """
+
+    def __init__(self, renderer: "Renderer", synth: Synth):
+        self.renderer = renderer
+        self.synth = synth
+        self.now = 0  # samples written so far
+        self.started = False
+
+    @property
+    def sample_rate(self) -> int:
+        return self.renderer.sample_rate
+
+    def feed(self, midi: miditoolkit.MidiFile, until_tick: int) -> np.ndarray:
+        """Audio from the last chunk's end up to ``until_tick`` of ``midi`` (the piece so far):
+        float32 (n, 2), possibly empty."""
+        until = int(round(float(ticks_to_seconds(np.array([until_tick]), midi)[0]) * self.sample_rate))
+        return self._render(note_events(midi, self.sample_rate), until)
+
+    def finish(self, midi: miditoolkit.MidiFile) -> np.ndarray:
+        """The rest of the piece: up to the last note-off plus the release, in whole blocks (as ``render``)."""
+        events = note_events(midi, self.sample_rate)
+        total = events.end_sample + int(round(self.renderer.config.release_seconds * self.sample_rate))
+        return self._render(events, max(-(-total // FLUID_BLOCK) * FLUID_BLOCK, self.now))
+
+    def _render(self, events: NoteEvents, until: int) -> np.ndarray:
+        if not self.started:
+            self.synth.reset(events.programs)
+            self.started = True
+        start = self.now
+        out = np.zeros((max(until - start, 0), 2), dtype=np.float32)
+        pending = np.flatnonzero((events.sample >= start) & (events.sample < until))
+        for i in pending.tolist():
+            sample = int(events.sample[i])
+            self.synth.write(out, self.now - start, sample - start)
+            self.now = max(self.now, sample)
+            channel, pitch, velocity = int(events.channel[i]), int(events.pitch[i]), int(events.velocity[i])
+            if velocity:
+                self.synth.synth.noteon(channel, pitch, velocity)
+            else:
+                self.synth.synth.noteoff(channel, pitch)
+        self.synth.write(out, self.now - start, until - start)
+        self.now = max(self.now, until)
+        return out

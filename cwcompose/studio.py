@@ -22,7 +22,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -30,12 +30,14 @@ from matplotlib.figure import Figure
 from cwcompose import metrics
 from cwcompose.checkpoints import SHIPPED_DIR, SHIPPED_STEPS, CheckpointError, load_checkpoint, shipped_stem
 from cwcompose.generation import Composition, compose
+from cwcompose.locks import Locks
 from cwcompose.pianoroll import RollStyle, note_name, piano_roll
 from cwcompose.render import Renderer, seconds_of, to_pcm16
 from cwcompose.sampling import DEFAULT_SAMPLING, SamplingConfig
 
 DEFAULT_CHECKPOINT = 28500
 MAX_SEED = 2**32 - 1
+MAX_VARIATIONS = 8
 MIDI_SUFFIXES = (".mid", ".midi")
 OnBar = Callable[[int, int], None]
 COMPARE_ROLL = RollStyle(width_inches=6.0, height_inches=4.5)  # three of these sit side by side
@@ -93,6 +95,9 @@ class ComposeRequest:
     bars: int = 16  # bars to generate after the primer
     seed: int | None = None
     sampling: SamplingConfig = DEFAULT_SAMPLING
+    variations: int = 1  # takes composed together in one batch, 1..MAX_VARIATIONS
+    locks: Locks = Locks()  # chords, key, tempo: what the person fixed
+    primer_words: np.ndarray | None = None  # a take's words as the primer (continue / rewind), else None
 
     def __post_init__(self) -> None:
         if self.checkpoint not in SHIPPED_STEPS or isinstance(self.checkpoint, bool):
@@ -106,6 +111,9 @@ class ComposeRequest:
             set_(self, "seed", whole_number("seed", self.seed, 0, MAX_SEED))
         if not isinstance(self.sampling, SamplingConfig):
             raise RequestError("sampling must be a SamplingConfig")
+        set_(self, "variations", whole_number("variations", self.variations, 1, MAX_VARIATIONS))
+        if not isinstance(self.locks, Locks):
+            raise RequestError("locks must be a cwcompose.locks.Locks")
         if self.primer is not None:
             set_(self, "primer", Path(self.primer))
             if self.primer.suffix.lower() not in MIDI_SUFFIXES:
@@ -116,7 +124,7 @@ class ComposeRequest:
         if self.bars > limits.max_bars:
             raise RequestError(f"bars to generate must be from 1 to {limits.max_bars}, got {self.bars}; "
                              "generate fewer bars, or continue from the result to go longer")
-        if self.primer_bars > limits.max_primer_bars:
+        if self.primer_bars > limits.max_primer_bars and self.primer_words is None:
             raise RequestError(f"primer bars to keep must be from 1 to {limits.max_primer_bars}, "
                                f"got {self.primer_bars}")
         if self.primer is not None:
@@ -315,6 +323,11 @@ class Studio:
 
     # ------------------------------------------------------------ files
 
+    @property
+    def workdir(self) -> Path:
+        """The folder holding every result file (the app serves files from it)."""
+        return self._workdir
+
     def _new_result_dir(self) -> Path:
         """A fresh folder for one result; the oldest folders beyond ``kept_results`` are deleted."""
         folder = Path(tempfile.mkdtemp(dir=self._workdir))
@@ -328,3 +341,254 @@ class Studio:
         """Delete every result folder and free the synths."""
         shutil.rmtree(self._workdir, ignore_errors=True)
         self.renderer.close()
+
+
+# ---------------------------------------------------------------- streaming, takes and variations
+
+
+@dataclass
+class Take:
+    """One result in a session's history: the piece and everything needed to hear, download,
+    continue or rewind it."""
+
+    checkpoint: int
+    seed: int
+    request: ComposeRequest  # the settings and locks it was composed with
+    composition: Composition
+    midi_path: Path
+    audio_path: Path
+    numbers: dict
+    roll: str  # piano-roll HTML
+    label: str = ""
+
+    @property
+    def bars(self) -> int:
+        return self.composition.primer_bars + self.composition.bars
+
+    def words_up_to_bar(self, bars: int) -> np.ndarray:
+        """The words of this take's first ``bars`` bars (primer included)."""
+        words = self.composition.words
+        starts = np.cumsum(bar_increments(words))  # bars begun up to and including each word
+        return words[starts <= bars] if bars < self.bars else words
+
+    @property
+    def roll_small(self) -> str:
+        """A compact roll, for variations side by side."""
+        from cwcompose.roll_view import RollNotes, roll_html
+        notes = RollNotes.from_midi(self.composition.midi, self.composition.primer_end_tick, bars=self.bars)
+        return roll_html(notes, compact=True, px_per_bar=18)
+
+    def describe(self) -> str:
+        locks = ", ".join(f"{k} {v}" for k, v in locks_summary(self.request.locks).items()) or "no locks"
+        return f"{self.label}: checkpoint {self.checkpoint}, seed {self.seed}, {self.bars} bars, {locks}"
+
+
+@dataclass
+class History:
+    """A session's takes, newest last, at most ``limit`` (the oldest are dropped). One per
+    browser session (``gr.State``), so users never share one."""
+
+    takes: list[Take] = dataclasses.field(default_factory=list)
+    variations: list[Take] = dataclasses.field(default_factory=list)  # the last click's alternatives
+    limit: int = 20
+    counter: int = 0
+
+    def add(self, take: Take, variations: list[Take] = ()) -> None:
+        self.counter += 1
+        take.label = take.label or f"take {self.counter}"
+        self.takes.append(take)
+        del self.takes[:-self.limit]
+        self.variations = list(variations)
+
+    def undo(self) -> Take | None:
+        self.variations = []
+        return self.takes.pop() if self.takes else None
+
+    def keep(self, index: int) -> Take:
+        """Make variation ``index`` (0-based) the current take."""
+        if not 0 <= index < len(self.variations):
+            raise RequestError(f"there is no variation {index + 1}; this click made {len(self.variations)}")
+        take = self.variations[index]
+        if self.takes and self.takes[-1] in self.variations:
+            self.takes[-1] = take
+        else:
+            self.takes.append(take)
+        return take
+
+    @property
+    def current(self) -> Take | None:
+        return self.takes[-1] if self.takes else None
+
+
+def locks_summary(locks: Locks) -> dict:
+    out = {}
+    if locks.chords:
+        out["chords"] = locks.chords
+    if locks.key:
+        out["key"] = f"{locks.key} (strength {locks.key_strength:g})"
+    if locks.tempo_bpm:
+        out["tempo"] = f"{locks.tempo_bpm:g} BPM"
+    return out
+
+
+def numbers_table(numbers: dict) -> list[list[str]]:
+    """A result's numbers as two-column rows for a small table."""
+    return [[name, str(value)] for name, value in numbers.items()]
+
+
+@dataclass
+class Partial:
+    """A streamed update: the roll so far and the audio chunk files so far (variation 1)."""
+
+    bars_done: int  # bars of the piece (primer included) complete so far
+    total_bars: int
+    roll: str
+    chunks: list[Path]
+    stream_id: str
+
+
+def bar_increments(words: np.ndarray) -> np.ndarray:
+    from cwcompose.generation import bar_increments as increments
+    return increments(words)
+
+
+def _fallback_iter(model, tokenizer, *, primer, primer_bars, bars, seed, sampling, max_seconds, should_stop):
+    """``generation.compose``'s loop, yielding (words so far, bars complete) at each bar line and
+    the Composition last. Stands in until the batched engine's ``iter_compose`` lands."""
+    import torch
+    from cwcompose import generation as g
+    from cwcompose.tokenizer import COL, REST, VALUE0
+    # inference mode is per thread and Gradio may resume a generator on another thread: so it is
+    # entered around each piece of work, never across a yield
+    generator = torch.Generator().manual_seed(int(seed))
+    start, primer_length, grammar, clock = g._opening(tokenizer, primer, primer_bars)
+    decoder = g.IncrementalDecoder(model)
+    with torch.inference_mode():
+        h = decoder.prefill(start)
+    words, bars_done, stopped = list(start), (0 if primer_length else 1), False
+    if primer_length:
+        yield np.stack(words), g.count_bars(start)
+    for _ in range(bars * g.MAX_WORDS_PER_BAR):
+        with torch.inference_mode():
+            word = g.sample_word(model, h, grammar, sampling, generator)
+        new_bars = g.count_bars(word[None])
+        if word[COL["bar_pos"]] == REST and bars_done < bars < bars_done + new_bars:
+            word[COL["rest"]], new_bars = VALUE0 + bars - bars_done - 1, bars - bars_done
+        if new_bars and bars_done + new_bars > bars:
+            break
+        if new_bars and bars_done:
+            yield np.stack(words), g.count_bars(np.stack(words))
+            if should_stop():
+                stopped = True
+                break
+        clock.advance(word)
+        if max_seconds is not None and clock.seconds > max_seconds:
+            stopped = True
+            break
+        words.append(word)
+        grammar.update(word)
+        bars_done += new_bars
+        with torch.inference_mode():
+            h = decoder.step(word)
+    yield g._finish(tokenizer, np.stack(words), primer_length, bars_done, seed, stopped,
+                    g.count_bars(start[:primer_length]))
+
+
+def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> Path:
+    """float32 (n, 2) -> 16-bit WAV, at a fixed scale (chunks of one stream must match)."""
+    import wave
+    pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(2)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(pcm.tobytes())
+    return path
+
+
+def stream_compose(studio: "Studio", request: ComposeRequest, stop: threading.Event | None = None,
+                   label: str = "") -> "Iterator[Partial | list[Take]]":
+    """Compose ``request`` and stream it: a :class:`Partial` after the primer and after every bar
+    of variation 1 (its audio so far as chunk files, its roll so far), then the list of takes
+    (one per variation). Stop keeps what was composed."""
+    from cwcompose.roll_view import RollNotes, roll_html
+    request.check(studio.limits)
+    model, tokenizer = studio.model(request.checkpoint)
+    seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    if request.primer_words is not None:
+        primer = request.primer_words
+    else:
+        primer = request.primer.read_bytes() if request.primer is not None else None
+    if any(locks_summary(request.locks).values()):
+        raise RequestError("locks (chords, key, tempo) need the batched engine (generation.iter_compose), "
+                           "which is not installed in this build yet; clear them to compose")
+    deadline = time.monotonic() + studio.limits.request_seconds
+    should_stop = lambda: (stop is not None and stop.is_set()) or time.monotonic() > deadline  # noqa: E731
+    folder = studio._new_result_dir()
+    stream_id = folder.name
+    primer_end = None
+    compositions: list[Composition] = []
+    chunks: list[Path] = []
+    with studio.renderer.stream() as audio_stream:
+        for event in _fallback_iter(model, tokenizer, primer=primer, primer_bars=request.primer_bars,
+                                    bars=request.bars, seed=seed, sampling=request.sampling,
+                                    max_seconds=studio.limits.max_music_seconds, should_stop=should_stop):
+            if isinstance(event, Composition):
+                compositions.append(event)
+                tail = audio_stream.finish(event.midi)
+                chunks.append(_write_wav(folder / f"chunk{len(chunks):03d}.wav", tail, studio.renderer.sample_rate))
+                break
+            words, complete = event
+            midi = tokenizer.decode(words)
+            tpb = 4 * midi.ticks_per_beat
+            chunk = audio_stream.feed(midi, complete * tpb)
+            chunks.append(_write_wav(folder / f"chunk{len(chunks):03d}.wav", chunk, studio.renderer.sample_rate))
+            if primer_end is None:  # the first event comes right after the primer (or after bar 1)
+                primer_end = complete * tpb if primer is not None else 0
+            notes = RollNotes.from_midi(midi, primer_end, bars=complete)
+            yield Partial(complete, request.primer_bars * (primer is not None) + request.bars,
+                          roll_html(notes, title=f"composing, bar {complete}", chunks=chunks, stream_id=stream_id,
+                                    done=False), list(chunks), stream_id)
+    for row in range(1, request.variations):
+        compositions.append(compose(model, tokenizer, primer=primer, primer_bars=request.primer_bars,
+                                    bars=request.bars, max_seconds=studio.limits.max_music_seconds,
+                                    sampling=request.sampling, seed=(seed + row) % (MAX_SEED + 1)))
+    takes = []
+    for row, composition in enumerate(compositions):
+        takes.append(_take(studio, request, composition, folder, row, chunks if row == 0 else None, stream_id,
+                           label=f"{label} variation {row + 1}".strip() if request.variations > 1 else label))
+    yield takes
+
+
+def _take(studio: "Studio", request: ComposeRequest, composition: Composition, folder: Path, row: int,
+          chunks: list[Path] | None, stream_id: str, label: str) -> Take:
+    from cwcompose.roll_view import RollNotes, roll_html
+    sample_rate = studio.renderer.sample_rate
+    if chunks:
+        import wave
+        frames = []
+        for chunk in chunks:
+            with wave.open(str(chunk)) as wav:
+                frames.append(wav.readframes(wav.getnframes()))
+        audio_path = folder / f"cwcompose-{request.checkpoint}-seed{composition.seed}.wav"
+        with wave.open(str(audio_path), "wb") as out:
+            out.setnchannels(2)
+            out.setsampwidth(2)
+            out.setframerate(sample_rate)
+            out.writeframes(b"".join(frames))
+    else:
+        audio_path = _write_wav(folder / f"cwcompose-{request.checkpoint}-seed{composition.seed}-v{row + 1}.wav",
+                                studio.renderer.render(composition.midi), sample_rate)
+    midi_path = folder / (f"cwcompose-{request.checkpoint}-seed{composition.seed}"
+                          f"{f'-v{row + 1}' if row else ''}.mid")
+    composition.midi.dump(str(midi_path))
+    numbers = piece_metrics(composition, studio._tokenizer_config(request.checkpoint), request.checkpoint)
+    numbers.update(locks_summary(request.locks))
+    if request.variations > 1:
+        numbers["variation"] = row + 1
+    notes = RollNotes.from_midi(composition.midi, composition.primer_end_tick,
+                                bars=composition.primer_bars + composition.bars)
+    title = f"checkpoint {request.checkpoint}, seed {composition.seed}"
+    roll = roll_html(notes, title=title, chunks=chunks or [], stream_id=stream_id if chunks else "", done=True)
+    return Take(request.checkpoint, composition.seed, dataclasses.replace(request, seed=composition.seed),
+                composition, midi_path, audio_path, numbers, roll, label)
