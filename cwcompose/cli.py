@@ -72,6 +72,13 @@ def _add_generate(commands) -> None:
     p.add_argument("--preset", default="balanced", help="steady, balanced or adventurous")
     p.add_argument("--temperature", action="append", default=[], metavar="FIELD=V")
     p.add_argument("--top-p", action="append", default=[], metavar="FIELD=V")
+    p.add_argument("--chords", help='a chord progression, one chord per bar, cycling; two chords in one bar '
+                                    'in brackets: "C G Am F", "C [G Am] F" (see cwcompose/locks.py)')
+    p.add_argument("--key", help='keep to a key: "A minor", "Am", "Eb major", "F#m" ... or "from primer"')
+    p.add_argument("--key-strength", type=float, default=1.0,
+                   help="0 (off) to 1 (no note outside the scale); between, out-of-key odds x (1 - strength)")
+    p.add_argument("--tempo", type=float, help="hold this tempo in BPM (nearest of 32 classes, 40-250)")
+    p.add_argument("--density", type=float, metavar="NOTES_PER_BAR", help="steer towards this many notes per bar")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(run=_run_generate)
@@ -125,9 +132,17 @@ def output_paths(output: Path, variations: int) -> list[Path]:
 
 
 def constraints_from_args(args, tokenizer) -> list:
-    """The user's locks (logit processors, see cwcompose.grammar) from the generate options;
-    none yet."""
-    return []
+    """The user's locks (logit processors, see cwcompose.locks) from the generate options
+    --chords, --key, --key-strength, --tempo, --density; a bad value raises ValueError."""
+    from cwcompose.generation import primer_words
+    from cwcompose.locks import Locks
+
+    locks = Locks(chords=args.chords, key=args.key, key_strength=args.key_strength, tempo_bpm=args.tempo,
+                  notes_per_bar=args.density)
+    primer = None
+    if locks.key_from_primer and args.primer is not None:
+        primer = primer_words(tokenizer, args.primer, args.primer_bars, args.from_bar)
+    return locks.processors(tokenizer, primer)
 
 
 def _add_evaluate(commands) -> None:

@@ -266,3 +266,96 @@ def _a_minor_score():
     melody = [57, 60, 64, 57, 62, 65, 69, 64, 59, 57, 52, 57]  # A minor arpeggios, tonic-heavy
     return Score(notes=[ScoreNote(onset=8 * i, pitch=p, duration_class=7, velocity_class=40)
                         for i, p in enumerate(melody)], tempo_at={0: 10}, chord_at={0: CHORD_NONE})
+
+
+# ---------------------------------------------------------------- end to end, on the shipped checkpoint
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from cwcompose.checkpoints import load_checkpoint
+
+    torch.set_num_threads(1)
+    return load_checkpoint(28500, device="cpu")
+
+
+def _compose(shipped, locks: Locks, primer=None, bars: int = 8, variations: int = 2):
+    from cwcompose.generation import compose_variations
+
+    model, tok = shipped
+    return compose_variations(model, tok, variations=variations, primer=primer, bars=bars, seed=11,
+                              constraints=locks.processors(tok, primer))
+
+
+def _generated(piece, tok):
+    from cwcompose.metrics import grid_notes_from_words
+
+    notes = grid_notes_from_words(piece.words, tok.config)
+    return notes.pitch[notes.bar >= piece.primer_bars], notes.onset[notes.bar >= piece.primer_bars]
+
+
+@pytest.mark.parametrize("primed", [False, True])
+def test_chord_lock_holds_in_every_generated_bar(shipped, primed):
+    from cwcompose.locks import forced_chord_words
+
+    tok = shipped[1]
+    primer = TOK.encode_score(_a_minor_score(), end=False) if primed else None
+    progression = parse_progression("Am [F G] C Dm7 [E7 Am]")
+    for piece in _compose(shipped, Locks(chords="Am [F G] C Dm7 [E7 Am]"), primer):
+        forced = forced_chord_words(piece.words, piece.primer_bars, progression, tok)
+        bars_with_positions = {b for b, *_ in forced}
+        assert len(bars_with_positions) >= 6 and max(bars_with_positions) == piece.bars - 1
+        assert [(b, h, written) for b, h, written, _ in forced] == [(b, h, asked) for b, h, _, asked in forced]
+
+
+def test_key_strength_one_leaves_no_note_outside_the_scale(shipped):
+    tok = shipped[1]
+    for piece in _compose(shipped, Locks(key="Eb major", key_strength=1.0)):
+        pitches, _ = _generated(piece, tok)
+        assert len(pitches) > 20
+        assert set(pitches % 12) <= {3, 5, 7, 8, 10, 0, 2}
+
+
+def test_tempo_lock_holds_the_class(shipped):
+    tok = shipped[1]
+    want = quantise_tempo(150, tok.config)
+    primer = TOK.encode_score(_a_minor_score(), end=False)  # at tempo class 10 (about 68 BPM)
+    for piece in _compose(shipped, Locks(tempo_bpm=150), primer):
+        score = tok.decode_score(piece.words)
+        start = piece.primer_bars * tok.config.positions_per_bar
+        generated_changes = {o: t for o, t in score.tempo_at.items() if o >= start}
+        assert set(generated_changes.values()) == {want}
+        assert min(generated_changes) < start + tok.config.positions_per_bar  # stated in the first generated bar
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_generate_with_locks_writes_them_into_the_midi(tmp_path, shipped):
+    import miditoolkit
+
+    from cwcompose.cli import main
+
+    out = tmp_path / "locked.mid"
+    assert main(["generate", "--bars", "4", "--seed", "2", "--device", "cpu", "--chords", "Dm [G7 C]",
+                 "--key", "C major", "--key-strength", "1", "--tempo", "150", "--density", "12", "-o", str(out)]) == 0
+    midi = miditoolkit.MidiFile(str(out))
+    bar = 4 * midi.ticks_per_beat
+    chords = {m.time: m.text.removeprefix("Chord_") for m in midi.markers}
+    assert chords[0] == "D:min" and chords.get(bar) == "G:7" and chords.get(2 * bar) == "D:min"
+    assert {n.pitch % 12 for n in midi.instruments[0].notes} <= {0, 2, 4, 5, 7, 9, 11}
+    assert {round(t.tempo, 1) for t in midi.tempo_changes} == {146.9}
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--chords", "C Hm"], "'Hm'"), (["--key", "H minor"], "'H minor'"),
+    (["--key", "from primer"], "needs a primer"), (["--key", "C", "--key-strength", "2"], "key strength"),
+    (["--tempo", "-5"], "beats per minute"), (["--density", "0"], "notes per bar"),
+])
+def test_generate_rejects_bad_locks_with_a_message(tmp_path, capsys, flags, words):
+    from cwcompose.cli import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["generate", "--bars", "1", "--device", "cpu", *flags, "-o", str(tmp_path / "x.mid")])
+    assert words in str(err.value) and "Traceback" not in str(err.value)
+    assert not (tmp_path / "x.mid").exists()
