@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
+import numpy as np
 import pytest
 import torch
 
+from cwcompose.grammar import WordState
 from cwcompose.locks import (
     Chord, ChordLock, DensityBias, KeyLock, Locks, TempoLock, key_penalty_nats, parse_chord, parse_key,
     parse_progression, scale_pitch_mask,
@@ -111,29 +111,22 @@ def test_key_penalty_in_nats():
 # ---------------------------------------------------------------- processors on hand-made states
 
 
-@dataclass
-class State:
-    """The engine's WordState fields that the processors read."""
-
-    current: torch.Tensor
-    bar: torch.Tensor
-    position: torch.Tensor
-    notes_in_bar: torch.Tensor
-    notes_at_onset: torch.Tensor
-    done: torch.Tensor
-
-
-def make_state(rows: list[dict]) -> State:
-    """Rows given as dicts: family / bar_pos token, bar, position, notes_in_bar, done."""
-    current = torch.full((len(rows), len(FIELDS)), IGNORE, dtype=torch.long)
+def make_state(rows: list[dict]) -> WordState:
+    """A real WordState whose rows are given as dicts: family / bar_pos token of the word
+    being drawn, bar, position, notes_in_bar, notes_at (notes at the onset), done."""
+    opening = np.array([[FAMILY_METRIC, BAR] + [IGNORE] * (len(FIELDS) - 2)])
+    state = WordState.start(opening, batch=len(rows), bars=16, from_primer=False, vocab_sizes=TOK.vocab_sizes)
     for i, r in enumerate(rows):
         if "family" in r:
-            current[i, COL["family"]] = r["family"]
+            state.current[i, COL["family"]] = r["family"]
         if "bar_pos" in r:
-            current[i, COL["bar_pos"]] = r["bar_pos"]
-    col = lambda k, d: torch.tensor([r.get(k, d) for r in rows])  # noqa: E731
-    return State(current, col("bar", 0), col("position", -1), col("notes_in_bar", 0), col("notes_at", 0),
-                 col("done", False))
+            state.current[i, COL["bar_pos"]] = r["bar_pos"]
+    col = lambda k, d, like: torch.tensor([r.get(k, d) for r in rows], dtype=like.dtype)  # noqa: E731
+    state.bar, state.position = col("bar", 0, state.bar), col("position", -1, state.position)
+    state.notes_in_bar = col("notes_in_bar", 0, state.notes_in_bar)
+    state.notes_at_onset = col("notes_at", 0, state.notes_at_onset)
+    state.done = col("done", False, state.done)
+    return state
 
 
 def pos_row(bar: int, last: int, here: int, **kw) -> dict:
