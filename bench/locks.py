@@ -33,7 +33,7 @@ from cwcompose.checkpoints import load_checkpoint
 from cwcompose.data import TokenDataset
 from cwcompose.generation import compose
 from cwcompose.locks import Locks, forced_chord_words, parse_progression, progression_chord
-from cwcompose.metrics import estimate_key, grid_notes_from_words, out_of_key_ratio
+from cwcompose.metrics import estimate_key, grid_notes_from_words, make_grid_notes, out_of_key_ratio
 from cwcompose.tokenizer import BAR, COL, FAMILY_METRIC, PITCH_CLASSES, quantise_tempo, tempo_classes_bpm
 
 PRIMER_BARS = 8
@@ -98,6 +98,34 @@ def tempo_share(words: np.ndarray, primer_bars: int, tokenizer, tempo_class: int
     return float(np.mean(np.array(at) == tempo_class)) if at else float("nan")
 
 
+def measure_piece(model, tokenizer, primer: np.ndarray, seed: int, bars: int) -> dict:
+    """One primer continued unlocked and under each lock -> the raw figures of each lock."""
+    cfg, ppbar = tokenizer.config, tokenizer.config.positions_per_bar
+    key = estimate_key(grid_notes_from_words(primer, cfg))
+    progression_text = key_progression(key)
+    progression = parse_progression(progression_text)
+
+    def run(locks: Locks):
+        words, primer_bars = compose_piece(model, tokenizer, primer, seed, locks.processors(tokenizer, primer), bars)
+        return words, generated_notes(words, primer_bars, tokenizer), primer_bars
+
+    free_words, free, primer_bars = run(Locks())
+    chord_words, locked, _ = run(Locks(chords=progression_text))
+    forced = forced_chord_words(chord_words, primer_bars, progression, tokenizer)
+    tempo_class = quantise_tempo(TEMPO_BPM, cfg)
+    tempo_words, _, _ = run(Locks(tempo_bpm=TEMPO_BPM))
+    return {
+        "key": key, "progression": progression_text,
+        "chord_tones": (chord_tone_share(*locked, progression, ppbar), chord_tone_share(*free, progression, ppbar)),
+        "forced": (sum(written == asked for _, _, written, asked in forced), len(forced)),
+        "out_of_key": [out_of_key_ratio(_grid(free, ppbar), key)] + [
+            out_of_key_ratio(_grid(run(Locks(key="from primer", key_strength=s))[1], ppbar), key) for s in (0.5, 1.0)],
+        "tempo": (tempo_share(tempo_words, primer_bars, tokenizer, tempo_class),
+                  tempo_share(free_words, primer_bars, tokenizer, tempo_class)),
+        "density": [len(free[0]) / bars] + [len(run(Locks(notes_per_bar=t))[1][0]) / bars for t in DENSITY_TARGETS],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default="28500")
@@ -107,74 +135,49 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     model, tokenizer = load_checkpoint(args.checkpoint, device="cpu")
-    cfg, started, failures = tokenizer.config, time.perf_counter(), []
-    ppbar = cfg.positions_per_bar
-    rows: dict[str, list] = {k: [] for k in ("chords", "key", "tempo", "density")}
-    tempo_class = quantise_tempo(TEMPO_BPM, cfg)
+    started, pieces = time.perf_counter(), []
     for i, primer in enumerate(primers(args.data, args.pieces)):
-        key = estimate_key(grid_notes_from_words(primer, cfg))
-        progression_text = key_progression(key)
-        progression = parse_progression(progression_text)
-        run = lambda locks: compose_piece(model, tokenizer, primer, i, locks.processors(tokenizer, primer),  # noqa: E731
-                                          args.bars)
-        free_words, primer_bars = run(Locks())
-        free = generated_notes(free_words, primer_bars, tokenizer)
-        chord_words, _ = run(Locks(chords=progression_text))
-        locked = generated_notes(chord_words, primer_bars, tokenizer)
-        firsts = forced_chord_words(chord_words, primer_bars, progression, tokenizer)
-        hits = sum(written == asked for _, _, written, asked in firsts)
-        rows["chords"].append((chord_tone_share(*locked, progression, ppbar), chord_tone_share(*free, progression, ppbar),
-                               hits, len(firsts)))
-        key_rows = [out_of_key_ratio(_grid(free, ppbar), key)]
-        for strength in (0.5, 1.0):
-            words, _ = run(Locks(key="from primer", key_strength=strength))
-            key_rows.append(out_of_key_ratio(_grid(generated_notes(words, primer_bars, tokenizer), ppbar), key))
-        rows["key"].append(key_rows)
-        tempo_words, _ = run(Locks(tempo_bpm=TEMPO_BPM))
-        rows["tempo"].append((tempo_share(tempo_words, primer_bars, tokenizer, tempo_class),
-                              tempo_share(free_words, primer_bars, tokenizer, tempo_class)))
-        density = [len(free[0]) / args.bars]
-        for target in DENSITY_TARGETS:
-            words, _ = run(Locks(notes_per_bar=target))
-            density.append(len(generated_notes(words, primer_bars, tokenizer)[0]) / args.bars)
-        rows["density"].append(density)
-        print(f"piece {i}: key {PITCH_CLASSES[key[0]]} {key[1]}, chords {progression_text} "
+        pieces.append(measure_piece(model, tokenizer, primer, i, args.bars))
+        key = pieces[-1]["key"]
+        print(f"piece {i}: key {PITCH_CLASSES[key[0]]} {key[1]}, chords {pieces[-1]['progression']} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
+    return report(pieces, args, tokenizer, time.perf_counter() - started)
 
-    locked_tones = sum(r[0][0] for r in rows["chords"]) / max(sum(r[0][1] for r in rows["chords"]), 1)
-    free_tones = sum(r[1][0] for r in rows["chords"]) / max(sum(r[1][1] for r in rows["chords"]), 1)
-    hits, bars = sum(r[2] for r in rows["chords"]), sum(r[3] for r in rows["chords"])
-    print(f"\n{args.pieces} pieces x {args.bars} bars after {PRIMER_BARS}-bar POP909 test primers, "
-          f"checkpoint {args.checkpoint}")
+
+def report(pieces: list[dict], args, tokenizer, seconds: float) -> int:
+    """Print the figures over all pieces; 1 when a lock fails its check."""
+    tones = np.array([p["chord_tones"] for p in pieces])  # (pieces, locked/unlocked, tones/notes)
+    locked_tones, free_tones = tones[:, 0, 0].sum() / max(tones[:, 0, 1].sum(), 1), \
+        tones[:, 1, 0].sum() / max(tones[:, 1, 1].sum(), 1)
+    hits, forced = np.sum([p["forced"] for p in pieces], axis=0)
+    key = np.array([p["out_of_key"] for p in pieces], float)
+    tempo = np.array([p["tempo"] for p in pieces], float)
+    density = np.array([p["density"] for p in pieces], float)
+    tempo_bpm = tempo_classes_bpm(tokenizer.config)[quantise_tempo(TEMPO_BPM, tokenizer.config)]
+    print(f"\n{len(pieces)} pieces x {args.bars} bars after {PRIMER_BARS}-bar POP909 test primers, "
+          f"checkpoint {args.checkpoint}, 1 thread, {seconds:.0f} s")
     print(f"chords   chord-tone share of generated notes: locked {locked_tones:.3f}, unlocked {free_tones:.3f}; "
-          f"first position words with the requested chord: {hits}/{bars}")
-    key = np.array(rows["key"], float)
+          f"forced position words with the requested chord: {hits}/{forced}")
     print("key      out-of-key share (primer's key): " + ", ".join(
         f"strength {s:g} {np.nanmean(key[:, j]):.3f} (max {np.nanmax(key[:, j]):.3f})"
         for j, s in enumerate((0.0, 0.5, 1.0))))
-    tempo = np.array(rows["tempo"], float)
-    print(f"tempo    notes at the locked {tempo_classes_bpm(cfg)[tempo_class]:.1f} BPM class ({TEMPO_BPM:g} asked): "
+    print(f"tempo    generated notes at the locked {tempo_bpm:.1f} BPM class ({TEMPO_BPM:g} asked): "
           f"locked {np.nanmean(tempo[:, 0]):.3f}, unlocked {np.nanmean(tempo[:, 1]):.3f}")
-    density = np.array(rows["density"], float)
     print("density  notes per bar, mean (sd over pieces): unlocked "
           f"{density[:, 0].mean():.1f} ({density[:, 0].std():.1f}); " + "; ".join(
               f"target {t:g} -> {density[:, j + 1].mean():.1f} ({density[:, j + 1].std():.1f})"
               for j, t in enumerate(DENSITY_TARGETS)))
-    print(f"{time.perf_counter() - started:.0f} s")
-    if not locked_tones > free_tones:
-        failures.append("the chord lock does not raise the chord-tone share")
-    if np.nanmax(key[:, 2]) > 0:
-        failures.append("key strength 1 left out-of-key notes")
-    if hits != bars:
-        failures.append("a generated bar's first position word misses the requested chord")
+    failures = [message for failed, message in (
+        (not locked_tones > free_tones, "the chord lock does not raise the chord-tone share"),
+        (np.nanmax(key[:, 2]) > 0, "key strength 1 left out-of-key notes"),
+        (hits != forced, "a forced position word misses the requested chord"),
+    ) if failed]
     for failure in failures:
         print(f"FAIL: {failure}")
     return 1 if failures else 0
 
 
 def _grid(notes: tuple[np.ndarray, np.ndarray], positions_per_bar: int):
-    from cwcompose.metrics import make_grid_notes
-
     onsets, pitches = notes
     return make_grid_notes(onsets, pitches, np.ones_like(onsets), positions_per_bar=positions_per_bar)
 

@@ -63,7 +63,8 @@ QUALITY_SPELLINGS = {
     "7": "7", "dom7": "7",
     "maj7": "maj7", "M7": "maj7", "Maj7": "maj7", "ma7": "maj7", "Δ": "maj7", "Δ7": "maj7",
     "m7": "min7", "min7": "min7", "mi7": "min7", "-7": "min7",
-    "m7b5": "hdim7", "min7b5": "hdim7", "-7b5": "hdim7", "hdim7": "hdim7", "hdim": "hdim7", "ø": "hdim7", "ø7": "hdim7",
+    "m7b5": "hdim7", "min7b5": "hdim7", "-7b5": "hdim7", "hdim7": "hdim7", "hdim": "hdim7",
+    "ø": "hdim7", "ø7": "hdim7",
     "dim7": "dim7", "o7": "dim7", "°7": "dim7",
 }
 NO_CHORD_SPELLINGS = ("N", "NC", "N.C.")
@@ -354,7 +355,8 @@ class DensityBias:
             rows = (state.current[:, COL["family"]] == FAMILY_METRIC) & ~state.done
             q = torch.arange(self.positions_per_bar, device=logits.device, dtype=logits.dtype)[None, :]
             bias = torch.zeros_like(logits)
-            bias[:, POS0:POS0 + self.positions_per_bar] = -self._nats(notes - self.target * (q + 1) / self.positions_per_bar)
+            pace = self.target * (q + 1) / self.positions_per_bar
+            bias[:, POS0:POS0 + self.positions_per_bar] = -self._nats(notes - pace)
             bias[:, BAR:REST + 1] = -self._nats(self.target - notes)
         return torch.where(rows.to(logits.device)[:, None], logits + bias, logits)
 
