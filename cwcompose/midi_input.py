@@ -15,8 +15,8 @@ import numpy as np
 
 from cwcompose.chords import estimate_chord
 from cwcompose.midi_file import MidiReadError, no_piano_notes, read_midi
-from cwcompose.tokenizer import (
-    CHORD_NONE, PITCH_CLASSES, Score, ScoreNote, TokenizerConfig,
+from cwcompose.vocab import (
+    Score, ScoreNote, TokenizerConfig, chord_token_of, chord_token_of_label,
     quantise_durations, quantise_tempo, quantise_velocities,
 )
 
@@ -43,8 +43,6 @@ def score_from_midi(midi: miditoolkit.MidiFile | str | Path, config: TokenizerCo
     """A MIDI file -> :class:`Score`; positions count from ``origin_tick`` (moved back by
     whole bars if notes start before it). ``chord_changes`` are (tick, label) pairs;
     without them chords are estimated every half bar."""
-    from cwcompose.tokenizer import CPTokenizer
-
     midi = read_midi(midi)
     notes = piano_notes(midi, config)
     step = ticks_per_position(midi, config)
@@ -65,11 +63,10 @@ def score_from_midi(midi: miditoolkit.MidiFile | str | Path, config: TokenizerCo
             onsets, notes, quantise_durations(lengths, config),
             quantise_velocities([n.velocity for n in notes], config))
     ])
-    tokenizer = CPTokenizer(config)
     if chord_changes is None:
-        score.chord_at = estimate_chords(score, config, tokenizer)
+        score.chord_at = estimate_chords(score, config)
     else:
-        score.chord_at = annotated_chords(chord_changes, origin_tick, step, tokenizer)
+        score.chord_at = annotated_chords(chord_changes, origin_tick, step, config)
     positions = sorted(set(onsets.tolist()) | set(score.chord_at))
     score.tempo_at = tempo_changes_at(midi, positions, origin_tick, step, config)
     return score
@@ -90,18 +87,18 @@ def tempo_changes_at(midi: miditoolkit.MidiFile, positions: list[int], origin_ti
 
 
 def annotated_chords(chord_changes: list[tuple[float, str]], origin_tick: float, step: float,
-                     tokenizer) -> dict[int, int]:
+                     config: TokenizerConfig) -> dict[int, int]:
     """(tick, label) annotations -> {position: chord token}, only where the chord changes."""
     chord_at, previous = {}, None
     for tick, label in sorted(chord_changes):
-        token = tokenizer.chord_token(label)
+        token = chord_token_of_label(label, config)
         pos = max(int(round((tick - origin_tick) / step)), 0)
         if token != previous:
             chord_at[pos] = previous = token
     return chord_at
 
 
-def estimate_chords(score: Score, config: TokenizerConfig, tokenizer) -> dict[int, int]:
+def estimate_chords(score: Score, config: TokenizerConfig) -> dict[int, int]:
     """Chords estimated from the notes every half bar -> {position: chord token} at changes."""
     window = config.positions_per_bar // 2
     weights: dict[int, np.ndarray] = {}  # only windows with notes: a sparse file must stay cheap
@@ -112,10 +109,10 @@ def estimate_chords(score: Score, config: TokenizerConfig, tokenizer) -> dict[in
         root, quality = estimate_chord(weights[w], config.chord_qualities)
         if root is None:
             continue
-        token = tokenizer.token_id("chord", f"{PITCH_CLASSES[root]}:{quality}")
+        token = chord_token_of(root, quality, config)
         if token != previous:
             chord_at[w * window] = previous = token
-    return chord_at or {0: CHORD_NONE}
+    return chord_at or {0: chord_token_of(None, '', config)}
 
 
 # ---------------------------------------------------------------- POP909
