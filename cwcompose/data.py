@@ -19,9 +19,8 @@ import torch
 from tqdm import tqdm
 
 from cwcompose.midi_input import is_pop909_song, score_from_midi, score_from_pop909
-from cwcompose.tokenizer import (
-    BAR, CHORD0, COL, FAMILY_METRIC, FIELDS, VALUE0, MidiReadError, CPTokenizer, TokenizerConfig,
-)
+from cwcompose.tokenizer import CHORD0, COL, FIELDS, VALUE0, MidiReadError, CPTokenizer, TokenizerConfig
+from cwcompose.words import KIND_BAR, word_kind
 
 SPLITS = {"train": 90, "valid": 95, "test": 100}  # cumulative percent of songs, by name hash
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -86,6 +85,11 @@ def prepare(input_dir: str | Path, output_dir: str | Path, config: TokenizerConf
     return summary
 
 
+def bar_lines(words: np.ndarray) -> np.ndarray:
+    """(n,) bool: the words that are bar lines (``Bar``; a ``Rest`` word is not one)."""
+    return word_kind(words[:, COL["family"]], words[:, COL["bar_pos"]]) == KIND_BAR
+
+
 def dataset_fingerprint(tokens: np.ndarray, index: list[dict]) -> str:
     digest = hashlib.sha256(np.ascontiguousarray(tokens).tobytes())
     digest.update(json.dumps(index, sort_keys=True).encode())
@@ -93,7 +97,7 @@ def dataset_fingerprint(tokens: np.ndarray, index: list[dict]) -> str:
 
 
 def summarise(tokenizer: CPTokenizer, tokens: np.ndarray, index: list[dict], skipped: dict, fingerprint: str) -> dict:
-    bars = int(np.sum((tokens[:, 0] == FAMILY_METRIC) & (tokens[:, 1] == BAR)))
+    bars = int(np.sum(bar_lines(tokens)))
     histograms = {}
     for col, field in enumerate(FIELDS):
         counts = np.bincount(tokens[:, col].astype(np.int64), minlength=len(tokenizer.vocab[field]))
@@ -133,7 +137,7 @@ class TokenDataset:
                    fingerprint=meta["fingerprint"])
 
     def __post_init__(self) -> None:
-        starts = [np.flatnonzero((s[:, 0] == FAMILY_METRIC) & (s[:, 1] == BAR)) for s in self.songs]
+        starts = [np.flatnonzero(bar_lines(s)) for s in self.songs]  # a window starts on a Bar word
         self.bar_starts = np.concatenate([np.stack([np.full(len(b), i), b], 1) for i, b in enumerate(starts)])
 
     def window(self, song: int, start: int, length: int) -> torch.Tensor:
