@@ -42,7 +42,7 @@ def load(name: str | None) -> tuple[CPTransformer, CPTokenizer, str]:
 
 
 @torch.inference_mode()
-def run_words(model: CPTransformer, batch: int, n_words: int, seed: int = 0) -> list[float]:
+def run_words(model: CPTransformer, batch: int, n_words: int, seed: int = 0, compile: bool = False) -> list[float]:
     """Draw ``n_words`` words per row (no bar limit); wall time (s) at which each was done."""
     opening = np.array([[FAMILY_METRIC, BAR] + [IGNORE] * (len(FIELDS) - 2)])
     state = WordState.start(opening, batch=batch, bars=10**9, from_primer=False, vocab_sizes=model.config.vocab_sizes)

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cwcompose.grammar import WordState, applies, grammar_mask
+from cwcompose.grammar import PaddedGrammar, WordState, allowed, applies
 from cwcompose.model import CPTransformer
-from cwcompose.sampling import draw, gumbel_noise, row_keys
-from cwcompose.words import COL, FAMILY_METRIC, FAMILY_NOTE, FIELDS, METRIC_FIELDS, NOTE_FIELDS, as_words, bar_starts
+from cwcompose.sampling import Temperature, TopP, gumbel_block, row_keys, top_p_rows
+from cwcompose.words import COL, FAMILY_METRIC, FIELDS, IGNORE, METRIC_FIELDS, NOTE_FIELDS, as_words, bar_starts
 
 Processor = Callable[[WordState, str, torch.Tensor], torch.Tensor]
 KEEP_SHARE = 0.75  # a sliding window keeps at least this share of the context
@@ -79,9 +79,10 @@ class Decoder:
         self.model, self.batch, self.device = model, batch, p.device
         self.capacity = capacity or cfg.context
         self.n_heads, self.head_dim = cfg.n_heads, cfg.d_model // cfg.n_heads
-        shape = (cfg.n_layers, batch, cfg.n_heads, self.capacity, self.head_dim)
-        self.keys = torch.zeros(shape, device=p.device, dtype=p.dtype)
-        self.values = torch.zeros(shape, device=p.device, dtype=p.dtype)
+        # keys and values of a layer in one tensor, so that one index_copy_ writes both
+        shape = (cfg.n_layers, batch, 2, cfg.n_heads, self.capacity, self.head_dim)
+        self.kv = torch.zeros(shape, device=p.device, dtype=p.dtype)
+        self.keys, self.values = self.kv[:, :, 0], self.kv[:, :, 1]  # (layers, B, H, capacity, head_dim) views
         self.lengths = torch.zeros(batch, dtype=torch.long, device=p.device)  # words in each row's cache
         self.n_words = torch.zeros(batch, dtype=torch.long, device=p.device)  # words in each row's history
         self.history = torch.zeros((batch, 1024, len(FIELDS)), dtype=torch.long, device=p.device)
@@ -90,13 +91,15 @@ class Decoder:
         with torch.no_grad():
             self.embed_table = torch.cat([model.embed[f].weight @ w.T for f, w in zip(
                 FIELDS, model.project_in.weight.split([cfg.embed_widths[f] for f in FIELDS], dim=1))])
+            self.layers = [_step_weights(block, self.head_dim) for block in model.blocks]
         self.embed_offsets = torch.tensor(np.cumsum([0] + sizes[:-1]), device=p.device)
         self._arange = torch.arange(self.capacity, device=p.device)
         self._rows = torch.arange(batch, device=p.device)
         self._max_words = 0
-        self._row_heads = (torch.arange(batch, device=p.device)[:, None] * cfg.n_heads
-                           + torch.arange(cfg.n_heads, device=p.device)[None, :]) * self.capacity
+        # row of (b, k-or-v, head) in a layer's kv viewed as (B * 2 * H * capacity, head_dim), less the slot
+        self._row_heads = torch.arange(batch * 2 * cfg.n_heads, device=p.device).view(batch, -1) * self.capacity
         self._scale = 1.0 / math.sqrt(self.head_dim)
+        self._manual_attention = batch > 1  # the CPU's fused kernel is slower than two matmuls for several rows
 
     # ------------------------------------------------------------ windows
 
@@ -161,30 +164,68 @@ class Decoder:
 
     def _forward_one(self, x: torch.Tensor) -> torch.Tensor:
         """The model's blocks for one new word per row: x (B, d) embeddings -> h (B, d)."""
-        b, d, hd, cap = x.size(0), x.size(1), self.head_dim, self.capacity
+        b, d, hd, cap, heads = x.size(0), x.size(1), self.head_dim, self.capacity, self.n_heads
         slot = self.lengths.clamp(max=cap - 1)
-        distance = (slot[:, None] - self._arange).clamp(0, self.model.config.max_relative_distance - 1)
-        gather = distance[:, None, None, :].expand(b, self.n_heads, 1, cap)
-        mask = torch.zeros((b, 1, 1, cap), device=x.device, dtype=x.dtype).masked_fill(
+        distance = (slot[:, None] - self._arange).clamp_(0, self.model.config.max_relative_distance - 1)
+        gather = distance[:, None, None, :].expand(b, heads, 1, cap)
+        mask = torch.zeros((b, 1, 1, cap), device=x.device, dtype=x.dtype).masked_fill_(
             (self._arange > slot[:, None])[:, None, None, :], float("-inf"))
         flat = (self._row_heads + slot[:, None]).flatten()
-        for layer, block in enumerate(self.model.blocks):
-            attn = block.attention
-            a = F.layer_norm(x, (d,), block.norm1.weight, block.norm1.bias, block.norm1.eps)
-            q, k, v = F.linear(a, attn.qkv.weight, attn.qkv.bias).view(b, 3, self.n_heads, hd).unbind(1)
-            keys, values = self.keys[layer], self.values[layer]
-            keys.view(-1, hd).index_copy_(0, flat, k.reshape(-1, hd))
-            values.view(-1, hd).index_copy_(0, flat, v.reshape(-1, hd))
-            q = q[:, :, None, :]
-            relative = torch.matmul(q, attn.relative.T).mul_(self._scale)  # (B, H, 1, max distance)
-            bias = relative.gather(-1, gather).add_(mask)
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)
-            x = x + F.linear(y.reshape(b, d), attn.out.weight, attn.out.bias)
-            m = F.layer_norm(x, (d,), block.norm2.weight, block.norm2.bias, block.norm2.eps)
-            up, act, down = block.mlp
-            x = x + F.linear(F.gelu(F.linear(m, up.weight, up.bias)), down.weight, down.bias)
+        for layer, w in enumerate(self.layers):
+            a = F.layer_norm(x, (d,), w.norm1_w, w.norm1_b, w.eps1)
+            qkv = torch.addmm(w.qkv_b, a, w.qkv_t)
+            kv = self.kv[layer]
+            kv.view(-1, hd).index_copy_(0, flat, qkv[:, d:].reshape(-1, hd))
+            q = qkv[:, :d].reshape(b, heads, 1, hd)
+            bias = torch.matmul(q, w.relative_t).gather(-1, gather).add_(mask)  # (B, H, 1, capacity)
+            keys, values = kv[:, 0], kv[:, 1]
+            if self._manual_attention:
+                scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(self._scale).add_(bias)
+                y = torch.matmul(torch.softmax(scores, -1), values)
+            else:
+                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)
+            x = torch.addmm(x, y.view(b, d), w.out_t).add_(w.out_b)
+            m = F.layer_norm(x, (d,), w.norm2_w, w.norm2_b, w.eps2)
+            u = torch.addmm(w.up_b, m, w.up_t)  # (up(m)) / sqrt(2)
+            x = torch.addmm(x, torch.addcmul(u, u, torch.erf(u)), w.down_t).add_(w.down_b)  # GELU folded in
         norm = self.model.norm
         return F.layer_norm(x, (d,), norm.weight, norm.bias, norm.eps)
+
+
+@dataclass(frozen=True)
+class StepWeights:
+    """One block's weights laid out for a decode step: transposed for addmm, the
+    relative table transposed and scaled, GELU's constants folded into the MLP
+    (gelu(v) = v/2 (1 + erf(v / sqrt 2)): up is scaled by 1/sqrt 2, down by sqrt 2 / 2)."""
+
+    norm1_w: torch.Tensor
+    norm1_b: torch.Tensor
+    eps1: float
+    qkv_t: torch.Tensor
+    qkv_b: torch.Tensor
+    relative_t: torch.Tensor
+    out_t: torch.Tensor
+    out_b: torch.Tensor
+    norm2_w: torch.Tensor
+    norm2_b: torch.Tensor
+    eps2: float
+    up_t: torch.Tensor
+    up_b: torch.Tensor
+    down_t: torch.Tensor
+    down_b: torch.Tensor
+
+
+def _step_weights(block, head_dim: int) -> StepWeights:
+    attn, (up, _, down) = block.attention, block.mlp
+    root = math.sqrt(0.5)
+    return StepWeights(
+        norm1_w=block.norm1.weight, norm1_b=block.norm1.bias, eps1=block.norm1.eps,
+        qkv_t=attn.qkv.weight.T.contiguous(), qkv_b=attn.qkv.bias,
+        relative_t=(attn.relative.T / math.sqrt(head_dim)).contiguous(),
+        out_t=attn.out.weight.T.contiguous(), out_b=attn.out.bias,
+        norm2_w=block.norm2.weight, norm2_b=block.norm2.bias, eps2=block.norm2.eps,
+        up_t=(up.weight.T * root).contiguous(), up_b=up.bias * root,
+        down_t=(down.weight.T * root).contiguous(), down_b=down.bias)
 
 
 # ---------------------------------------------------------------- drawing words
@@ -195,47 +236,129 @@ class WordSampler:
 
     ``processors`` run after the grammar mask, in order (user constraints, then
     temperature and top-p); ``greedy`` names the fields drawn by argmax (temperature 0).
-    Row i's noise comes from ``seeds[i]`` and the word index alone."""
+    Row i's noise comes from ``seeds[i]`` and the word index alone.
+
+    The fields after the family are drawn together in a padded (B, 7, width) layout:
+    one matmul for every head (the family's projection folded into the weights and a
+    table per family value), the grammar's mask in one pass (:class:`PaddedGrammar`),
+    temperature and top-p (recognised :class:`Temperature` / :class:`TopP` processors)
+    for all fields with one sort, noise made ``NOISE_BLOCK`` words at a time. Other
+    processors see each field's (B, V) logits as before; with any of them bar_pos is
+    drawn before the other fields (a constraint may read it from ``state.current``)."""
+
+    NOISE_BLOCK = 32
 
     def __init__(self, model: CPTransformer, seeds: list[int], processors: list[Processor],
                  greedy: frozenset[str] = frozenset()):
         p = next(model.parameters())
+        cfg = model.config
+        self.device = p.device
+        self.sizes = [cfg.vocab_sizes[f] for f in FIELDS]
+        self.width = width = max(self.sizes)
+        n_fields = len(FIELDS)
         self.heads = fuse_heads(model)
-        self.pipeline = [grammar_mask, *processors]
+        with torch.no_grad():
+            heads, rest = self.heads, FIELDS[1:]
+            d = cfg.d_model
+            weight = torch.zeros((len(rest), width, d), dtype=p.dtype, device=p.device)
+            table = torch.full((cfg.vocab_sizes["family"], len(rest), width), float("-inf"),
+                               dtype=p.dtype, device=p.device)
+            for i, f in enumerate(rest):
+                head = model.heads[f]
+                weight[i, :head.out_features] = head.weight @ heads.project_h
+                table[:, i, :head.out_features] = heads.family_table @ head.weight.T + head.bias
+            # one matmul at the family's draw gives the family logits and h's part of every field
+            self.first_w = torch.cat([heads.family_w, weight.reshape(-1, d)]).contiguous()
+            self.first_b = torch.cat([heads.family_b, torch.zeros(len(rest) * width, dtype=p.dtype, device=p.device)])
+            self.family_table = table.reshape(table.size(0), -1).contiguous()
+        self.n_family = self.sizes[0]
+        self.grammar = PaddedGrammar(cfg.vocab_sizes, width, p.device)
+        # which fields apply, by (family, bar_pos) drawn: (V_family * V_bar_pos, 7) bool
+        family, bar_pos = torch.meshgrid(torch.arange(self.sizes[0]), torch.arange(self.sizes[1]), indexing="ij")
+        current = torch.full((family.numel(), n_fields), IGNORE, dtype=torch.long)
+        current[:, 0], current[:, 1] = family.flatten(), bar_pos.flatten()
+        self.applies_table = torch.stack([applies(current, f) for f in rest], 1).to(p.device)
+        # the pipeline: grammar, then processors; Temperature / TopP run on every field at once
+        self.custom = any(not isinstance(q, (Temperature, TopP)) for q in processors)
+        self.pipeline = list(processors)
+        self.factors = {}
+        for q in processors:
+            if isinstance(q, Temperature):
+                self.factors[id(q)] = torch.tensor([[t if t > 0 else 1.0] for t in (q.values[f] for f in FIELDS)],
+                                                   dtype=torch.float32, device=p.device)
+            elif isinstance(q, TopP):
+                self.factors[id(q)] = torch.tensor([[v if v < 1.0 else float("inf")] for v in (q.values[f] for f in FIELDS)],
+                                                   dtype=torch.float32, device=p.device)
         self.greedy = greedy
         self.keys = row_keys(torch.tensor(seeds, dtype=torch.long, device=p.device))
-        sizes = [model.config.vocab_sizes[f] for f in FIELDS]
-        self.columns = torch.arange(sum(sizes), device=p.device)
-        self.field_slices = dict(zip(FIELDS, (slice(a, a + n) for a, n in zip(np.cumsum([0] + sizes), sizes))))
+        offsets = np.cumsum([0] + self.sizes[:-1])
+        columns = np.array([offsets[i] + (v if v < n else 0) for i, n in enumerate(self.sizes) for v in range(width)])
+        self.columns = torch.arange(sum(self.sizes), device=p.device)
+        self.padded_columns = torch.as_tensor(columns, device=p.device)
+        self.noise_scale = torch.tensor([0.0 if f in greedy else 1.0 for f in FIELDS for _ in range(width)],
+                                        device=p.device)
+        self._block = (-1, None)
         self._noise = None
-        self._h = None
+        self._rest = None
+
+    def _noise_for(self, word_index: int) -> torch.Tensor:
+        """(B, n_fields, width) Gumbel noise of word ``word_index`` (0 where greedy)."""
+        first = word_index - word_index % self.NOISE_BLOCK
+        if self._block[0] != first:
+            noise = gumbel_block(self.keys, first, self.NOISE_BLOCK, self.columns)
+            noise = noise[:, :, self.padded_columns] * self.noise_scale
+            self._block = (first, noise.view(self.NOISE_BLOCK, len(self.keys), len(FIELDS), self.width))
+        return self._block[1][word_index - first]
 
     def family(self, h: torch.Tensor, state: WordState, word_index: int) -> torch.Tensor:
         """Draw the family of word ``word_index`` of every row into ``state.current``; (B,)."""
         state.begin_word()
-        self._noise = gumbel_noise(self.keys, word_index, self.columns)
-        self._h = h
-        logits = F.linear(h, self.heads.family_w, self.heads.family_b)
-        return self._draw(state, "family", logits)
+        self._noise = self._noise_for(word_index)
+        out = F.linear(h, self.first_w, self.first_b)
+        self._rest = out[:, self.n_family:]
+        logits = out[:, None, :self.n_family].float().masked_fill(~allowed(state, "family")[:, None], float("-inf"))
+        value = self._process(state, logits, 0)
+        state.current[:, COL["family"]] = value[:, 0]
+        return state.current[:, COL["family"]]
 
-    def fields(self, state: WordState, families: set[int]) -> torch.Tensor:
-        """Draw the other fields of the word (the families present, from the host);
-        returns the finished words (B, fields)."""
-        heads, h = self.heads, self._h
-        z = F.linear(h, heads.project_h) + heads.family_table[state.current[:, COL["family"]]]
-        for group, family in (("metric", FAMILY_METRIC), ("note", FAMILY_NOTE)):
-            if family not in families:
-                continue
-            logits = F.linear(z, heads.group_w[group], heads.group_b[group]).split(heads.sizes[group], dim=-1)
-            for name, field_logits in zip(METRIC_FIELDS if group == "metric" else NOTE_FIELDS, logits):
-                self._draw(state, name, field_logits)
-        return state.current
+    def fields(self, state: WordState, families: set[int] | None = None) -> torch.Tensor:
+        """Draw the other fields of the word; returns the finished words (B, fields).
+        (``families``, the families present, is accepted for the old signature: every
+        field is drawn for every row, which draws the same values.)"""
+        current = state.current
+        family = current[:, COL["family"]]
+        logits = (self._rest + self.family_table[family]).view(-1, len(FIELDS) - 1, self.width).float()
+        logits = logits.masked_fill(~self.grammar.allowed(state), float("-inf"))
+        n_bar_pos = self.sizes[1]
+        if not self.custom:
+            value = self._process(state, logits, 1)
+        else:  # bar_pos first: a constraint on a later field may read it
+            bar_pos = self._process(state, logits[:, :1], 1)
+            current[:, COL["bar_pos"]] = torch.where(family == FAMILY_METRIC, bar_pos[:, 0], IGNORE)
+            value = torch.cat([bar_pos, self._process(state, logits[:, 1:], 2)], 1)
+        keep = self.applies_table[family * n_bar_pos + value[:, 0]]
+        current[:, 1:] = torch.where(keep, value, IGNORE)
+        return current
 
-    def _draw(self, state: WordState, field: str, logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        for process in self.pipeline:
-            logits = process(state, field, logits)
-        value = draw(logits, None if field in self.greedy else self._noise[:, self.field_slices[field]])
-        column = state.current[:, COL[field]]
-        state.current[:, COL[field]] = torch.where(applies(state.current, field), value, column)
-        return state.current[:, COL[field]]
+    def _process(self, state: WordState, logits: torch.Tensor, first: int) -> torch.Tensor:
+        """Processors then the draw for fields ``first ..`` (logits (B, n, width), grammar
+        applied); (B, n) values."""
+        n = logits.size(1)
+        copied = False
+        for q in self.pipeline:
+            factor = self.factors.get(id(q))
+            if isinstance(q, Temperature):
+                logits = logits / factor[first:first + n]
+            elif isinstance(q, TopP):
+                if any(q.values[f] < 1.0 for f in FIELDS[first:first + n]):  # else nothing to cut
+                    logits = top_p_rows(logits, factor[first:first + n])
+            else:
+                if not copied:
+                    logits, copied = logits.clone(), True
+                for i in range(n):
+                    size = self.sizes[first + i]
+                    view = logits[:, i, :size]
+                    out = q(state, FIELDS[first + i], view)
+                    if out is not view:
+                        view.copy_(out)
+        return torch.argmax(logits + self._noise[:, first:first + n, :logits.size(2)], dim=-1)

@@ -179,3 +179,43 @@ def applies(current: torch.Tensor, field: str) -> torch.Tensor:
     if field == "rest":
         return (family == FAMILY_METRIC) & (bar_pos == REST)
     return family == FAMILY_NOTE
+
+
+class PaddedGrammar:
+    """:func:`allowed` for all the fields after the family at once, in the batched
+    sampler's padded layout: (B, 7, width), field ``FIELDS[1 + i]`` in slot i, value v
+    at column v (columns past a field's vocabulary are left allowed: the sampler's
+    logits are -inf there). The same rules as :func:`allowed`, in about 20 ops instead
+    of 7 x 6."""
+
+    def __init__(self, vocab_sizes: dict[str, int], width: int, device: torch.device | str = "cpu"):
+        fields = FIELDS[1:]
+        self.values = torch.arange(width, device=device)
+        # value >= lower (per row for bar_pos), <= upper (per row for rest), or a special
+        # value (Bar / Rest for bar_pos, Conti for tempo and chord) where the row allows it.
+        self.lower = torch.tensor([0, TEMPO0, CHORD_NONE, VALUE0, VALUE0, VALUE0, VALUE0], device=device)
+        self.is_bar_pos = torch.tensor([f == "bar_pos" for f in fields], device=device)
+        self.is_rest = torch.tensor([f == "rest" for f in fields], device=device)
+        special = torch.zeros((len(fields), width), dtype=torch.bool, device=device)
+        special[fields.index("bar_pos"), [BAR, REST]] = True
+        special[fields.index("tempo"), CONTI] = True
+        special[fields.index("chord"), CONTI] = True
+        self.special = special
+        self.big = width + 1
+        assert TEMPO0 == CHORD_NONE == CONTI + 1, "Conti is the value just below the real tempi and chords"
+
+    def allowed(self, state: WordState) -> torch.Tensor:
+        """(B, 7, width) bool, from ``state`` with the word's family drawn."""
+        metric = state.current[:, COL["family"]] == FAMILY_METRIC
+        pos_open = state.bar_open & (state.previous != KIND_REST)
+        first_pos = torch.where(pos_open, POS0 + 1 + state.position, self.big)
+        lower = torch.where(self.is_bar_pos, first_pos[:, None], self.lower)
+        longest = torch.clamp(state.bar_limit - 1 - state.bar, min=1)
+        upper = torch.where(self.is_rest, (longest + VALUE0 - 1)[:, None], self.big)
+        zero = torch.zeros_like(metric)
+        special_ok = torch.stack([state.previous != KIND_BAR, state.have_tempo, state.have_chord,
+                                  zero, zero, zero, zero], 1)
+        free = torch.stack([~metric, zero, zero, zero, zero, zero, zero], 1)
+        values = self.values
+        in_range = (values >= lower[:, :, None]) & (values <= upper[:, :, None])
+        return in_range | (self.special & special_ok[:, :, None]) | free[:, :, None]

@@ -109,18 +109,47 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def temperature(values: dict[str, float]) -> Callable:
+@dataclass(frozen=True, eq=False)
+class Temperature:
+    """A processor dividing each field's logits by its temperature (0 = greedy: left as
+    is). The batched sampler recognises it and applies it to every field at once."""
+
+    values: dict[str, float]
+
+    def __call__(self, state, field: str, logits: torch.Tensor) -> torch.Tensor:
+        t = self.values[field]
+        return apply_temperature(logits, t) if t > 0 else logits
+
+
+@dataclass(frozen=True, eq=False)
+class TopP:
+    """A processor keeping each field's nucleus of probability ``values[field]`` (a
+    share). The batched sampler recognises it and filters every field with one sort."""
+
+    values: dict[str, float]
+
+    def __call__(self, state, field: str, logits: torch.Tensor) -> torch.Tensor:
+        return top_p_filter(logits, self.values[field])
+
+
+def temperature(values: dict[str, float]) -> Temperature:
     """A processor dividing each field's logits by its temperature (0 = greedy: left as is)."""
-    def process(state, field: str, logits: torch.Tensor) -> torch.Tensor:
-        return apply_temperature(logits, values[field]) if values[field] > 0 else logits
-    return process
+    return Temperature(dict(values))
 
 
-def top_p(values: dict[str, float]) -> Callable:
+def top_p(values: dict[str, float]) -> TopP:
     """A processor keeping each field's nucleus of probability ``values[field]`` (a share)."""
-    def process(state, field: str, logits: torch.Tensor) -> torch.Tensor:
-        return top_p_filter(logits, values[field])
-    return process
+    return TopP(dict(values))
+
+
+def top_p_rows(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """:func:`top_p_filter` on (..., V) logits with a share per row: ``top_p``
+    broadcasts against (..., 1); a share of ``inf`` keeps the row whole. One sort for
+    every field of every row."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    drop_sorted = probs.cumsum(-1) - probs >= top_p
+    return logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
 
 
 def sampling_processors(config: SamplingConfig) -> list[Callable]:
@@ -164,6 +193,16 @@ def gumbel_noise(keys: torch.Tensor, word_index: int, columns: torch.Tensor) -> 
     ``columns`` (C,) int64 numbers every value of every field."""
     word_keys = splitmix64(keys + word_index)
     bits = _shift_right(splitmix64(word_keys[:, None] + columns[None, :]), 11)  # 53 random bits
+    uniform = (bits.double() + 0.5) * 2.0 ** -53  # in (0, 1)
+    return (-torch.log(-torch.log(uniform))).float()
+
+
+def gumbel_block(keys: torch.Tensor, first: int, count: int, columns: torch.Tensor) -> torch.Tensor:
+    """(count, B, C) float32: :func:`gumbel_noise` of words ``first .. first+count-1``
+    at once (the same values, element for element; fewer ops per word)."""
+    index = torch.arange(first, first + count, dtype=torch.long, device=keys.device)
+    word_keys = splitmix64(keys[None, :] + index[:, None])
+    bits = _shift_right(splitmix64(word_keys[:, :, None] + columns), 11)  # 53 random bits
     uniform = (bits.double() + 0.5) * 2.0 ** -53  # in (0, 1)
     return (-torch.log(-torch.log(uniform))).float()
 
