@@ -265,20 +265,24 @@ def wire_events(studio: Studio, history: gr.State, c: dict, r: dict, compare_ui:
     def stream(req: ComposeRequest, hist: History, request: gr.Request, label: str):
         """Streamed updates (the roll, which carries the audio chunk list), then the final take."""
         key = session_key(request)
-        stop = studio.stops.start(key)
         try:
-            for event in stream_compose(studio, req, stop, label=label):
-                if isinstance(event, Partial):
-                    yield {r["piano_roll"]: event.roll}
-                else:
-                    hist.add(event[0], event if len(event) > 1 else [])
-                    audio, midi, roll, numbers, seed = take_values(event[0])
-                    yield {r["audio"]: audio, r["midi"]: midi, r["piano_roll"]: roll, r["numbers"]: numbers,
-                           c["seed"]: seed, history: hist}
+            with studio.turns.turn(key) as turn:  # fair queuing: one waiting request per session
+                while not turn.wait(timeout=1.0):  # yielding lets Gradio drop a request whose client left
+                    yield {r["piano_roll"]: empty_roll_html(f"Waiting for your turn: {turn.ahead} ahead of you.")}
+                stop = studio.stops.start(key)
+                try:
+                    for event in stream_compose(studio, req, stop, label=label):
+                        if isinstance(event, Partial):
+                            yield {r["piano_roll"]: event.roll}
+                        else:
+                            hist.add(event[0], event if len(event) > 1 else [])
+                            audio, midi, roll, numbers, seed = take_values(event[0])
+                            yield {r["audio"]: audio, r["midi"]: midi, r["piano_roll"]: roll, r["numbers"]: numbers,
+                                   c["seed"]: seed, history: hist}
+                finally:
+                    studio.stops.finish(key, stop)
         except USER_ERRORS as err:
             raise gr.Error(str(err)) from err
-        finally:
-            studio.stops.finish(key, stop)
 
     @gpu(studio.limits.request_seconds)
     def compose(checkpoint=DEFAULT_CHECKPOINT, primer=None, bars=16, variations=1, chords=None, key=None, key_strength=1.0,
@@ -338,13 +342,14 @@ def wire_events(studio: Studio, history: gr.State, c: dict, r: dict, compare_ui:
     history_outputs = [r["takes"], r["variations"], r["keep_choice"], r["keep"]]
     compose_inputs = [c[k] for k in ("checkpoint", "primer", "bars", "variations", "chords", "key", "key_strength",
                                      "tempo", "primer_bars", "seed", "random_seed")] + [history]
-    events = [
+    queued = studio_queue(studio)
+    events = [  # always_last: a click while composing replaces the pending one (the browser keeps one)
         c["generate"].click(compose, compose_inputs, [*main_outputs, history], inputs_kwargs=sliders,
-                            api_name="compose", show_progress="minimal", trigger_mode="once"),
+                            api_name="compose", show_progress="minimal", trigger_mode="always_last", **queued),
         r["rewind"].click(rewind, [r["rewind_bar"], c["seed"], c["random_seed"], history], [*main_outputs, history],
-                          api_name="rewind", show_progress="minimal"),
+                          api_name="rewind", show_progress="minimal", **queued),
         r["continue"].click(continue_take, [c["bars"], c["seed"], c["random_seed"], history],
-                            [*main_outputs, history], api_name="continue", show_progress="minimal"),
+                            [*main_outputs, history], api_name="continue", show_progress="minimal", **queued),
         c["undo"].click(undo, history, [*main_outputs, history], api_name="undo"),
         r["keep"].click(keep, [r["keep_choice"], history], [*main_outputs, history], api_name="keep"),
     ]
@@ -352,6 +357,7 @@ def wire_events(studio: Studio, history: gr.State, c: dict, r: dict, compare_ui:
         event.then(show_history, history, history_outputs, api_visibility="private")
 
     def stop_clicked(request: gr.Request):
+        studio.turns.drop_waiting(session_key(request))
         studio.stops.stop(session_key(request))
 
     c["stop"].click(stop_clicked, None, None, api_name="stop")
@@ -385,13 +391,16 @@ def wire_compare(studio: Studio, c: dict, ui: dict, sliders: dict) -> None:
         req = build_request(DEFAULT_CHECKPOINT, primer, primer_bars, bars, seed, random_seed, sampling,
                             locks=locks_from(chords, key, key_strength, tempo_bpm))
         key_ = session_key(request)
-        stop = studio.stops.start(key_)
         try:
-            takes = studio_compare(studio, req, stop)
+            with studio.turns.turn(key_) as turn:
+                turn.wait()
+                stop = studio.stops.start(key_)
+                try:
+                    takes = studio_compare(studio, req, stop)
+                finally:
+                    studio.stops.finish(key_, stop)
         except USER_ERRORS as err:
             raise gr.Error(str(err)) from err
-        finally:
-            studio.stops.finish(key_, stop)
         values, items, columns = {}, [], {}
         for letter, (step, take) in zip("ABC", takes.items()):
             if isinstance(take, str):
@@ -413,7 +422,7 @@ def wire_compare(studio: Studio, c: dict, ui: dict, sliders: dict) -> None:
     inputs = [c[k] for k in ("primer", "primer_bars", "bars", "seed", "random_seed", "chords", "key", "key_strength",
                              "tempo")]
     ui["compare"].click(compare, inputs, outputs, inputs_kwargs=sliders, api_name="compare",
-                        show_progress="minimal")
+                        show_progress="minimal", **studio_queue(studio))
     def stop_clicked(request: gr.Request):
         studio.stops.stop(session_key(request))
 
@@ -431,11 +440,22 @@ def studio_compare(studio: Studio, req: ComposeRequest, stop) -> dict:
         if step not in available:
             out[step] = studio.missing_checkpoint_message(step)
             continue
-        for event in stream_compose(studio, dataclasses.replace(req, checkpoint=step, seed=seed), stop,
-                                    label=f"checkpoint {step}"):
-            if not isinstance(event, Partial):
-                out[step] = event[0]
+        try:
+            for event in stream_compose(studio, dataclasses.replace(req, checkpoint=step, seed=seed), stop,
+                                        label=f"checkpoint {step}"):
+                if not isinstance(event, Partial):
+                    out[step] = event[0]
+        except CheckpointError as err:  # a damaged checkpoint: the others still play
+            out[step] = str(err)
     return out
+
+
+def studio_queue(studio: Studio) -> dict:
+    """Event options for the composing events: they share one Gradio concurrency group wide enough
+    for every request the studio admits and a few more (which it turns away at once with a message),
+    so the waiting happens in ``studio.turns`` (fair across sessions, one waiting request per
+    session) rather than in Gradio's first-come queue."""
+    return dict(concurrency_id="studio", concurrency_limit=studio.limits.queue_size + studio.limits.concurrency + 4)
 
 
 # ---------------------------------------------------------------- launch

@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -201,19 +202,144 @@ class StopSignals:
                 del self._events[key]
 
 
+class QueueFull(RequestError):
+    """Too many requests are waiting; the person should try again shortly."""
+
+
+class Replaced(RequestError):
+    """A newer request from the same session took this waiting request's place."""
+
+
+REPLACED = ("This request was replaced by a newer one from the same session, which runs in its place. "
+            "Press Generate once and wait for it (Stop ends it early).")
+WITHDRAWN = "Stopped before its turn came: nothing was composed. Press Generate to ask again."
+
+
+class Ticket:
+    """One request's place in :class:`Turns`: waiting, then running, then gone (``leave``)."""
+
+    def __init__(self, turns: "Turns", session: str):
+        self.turns, self.session = turns, session
+        self.running = False
+        self.replaced = False
+        self.reason = REPLACED
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once it is this request's turn, False after ``timeout`` seconds of waiting;
+        :class:`Replaced` if a newer request of the same session took its place."""
+        with self.turns._cond:
+            self.turns._cond.wait_for(lambda: self.running or self.replaced, timeout)
+            if self.replaced:
+                raise Replaced(self.reason)
+            return self.running
+
+    @property
+    def ahead(self) -> int:
+        """Requests that run before this one (the ones composing and those waiting ahead of it)."""
+        with self.turns._cond:
+            if self.running or self.replaced:
+                return 0
+            return len(self.turns._running) + self.turns._waiting.index(self)
+
+    def leave(self) -> None:
+        self.turns._leave(self)
+
+
+class Turns:
+    """Who composes next, fairly across sessions (browser tabs or API clients).
+
+    At most ``at_once`` requests compose at the same time; the others wait first come, first
+    served. A session holds at most two requests, one composing and one waiting: a newer
+    request from a session that already has one waiting takes its place at the back of the
+    line, and the older one ends with :class:`Replaced` (clicking Generate five times while
+    composing runs the last click only, and never pushes anyone else back). With at most one
+    waiting request per session, a request waits at most for the requests running and one
+    request of each session ahead of it. At most ``max_waiting`` requests wait in all
+    (:class:`QueueFull` after that). ``started`` counts the requests run per session.
+    """
+
+    def __init__(self, at_once: int = 1, max_waiting: int = 16):
+        self.at_once, self.max_waiting = at_once, max_waiting
+        self._cond = threading.Condition()
+        self._running: list[Ticket] = []
+        self._waiting: list[Ticket] = []
+        self.started: dict[str, int] = {}  # session -> requests that got their turn
+        self.replaced: dict[str, int] = {}  # session -> waiting requests replaced by a newer one
+        self.most_held: dict[str, int] = {}  # session -> most requests it held at once (running + waiting)
+        self.order: deque[str] = deque(maxlen=1000)  # the sessions of the latest requests run, in order
+
+    def join(self, session: str) -> Ticket:
+        """A place in line for ``session`` (possibly running at once: see ``Ticket.wait``)."""
+        ticket = Ticket(self, session)
+        with self._cond:
+            older = [t for t in self._waiting if t.session == session]
+            for t in older:
+                t.replaced = True
+                self._waiting.remove(t)
+                self.replaced[session] = self.replaced.get(session, 0) + 1
+            if len(self._waiting) >= self.max_waiting:
+                raise QueueFull(f"The server is busy: {len(self._waiting)} requests are waiting already. "
+                                "Try again in a minute.")
+            self._waiting.append(ticket)
+            held = sum(t.session == session for t in (*self._running, *self._waiting))
+            self.most_held[session] = max(self.most_held.get(session, 0), held)
+            self._promote()
+        return ticket
+
+    @contextmanager
+    def turn(self, session: str) -> Iterator[Ticket]:
+        """``join`` and, whatever happens, ``leave``: ``with turns.turn(key) as t: t.wait(); work()``."""
+        ticket = self.join(session)
+        try:
+            yield ticket
+        finally:
+            ticket.leave()
+
+    def drop_waiting(self, session: str) -> None:
+        """Withdraw ``session``'s waiting request (Stop pressed): it ends with :class:`Replaced`."""
+        with self._cond:
+            for t in [t for t in self._waiting if t.session == session]:
+                t.replaced, t.reason = True, WITHDRAWN
+                self._waiting.remove(t)
+            self._cond.notify_all()
+
+    def _leave(self, ticket: Ticket) -> None:
+        with self._cond:
+            if ticket in self._running:
+                self._running.remove(ticket)
+            elif ticket in self._waiting:
+                self._waiting.remove(ticket)
+            self._promote()
+
+    def _promote(self) -> None:
+        while self._waiting and len(self._running) < self.at_once:
+            ticket = self._waiting.pop(0)
+            ticket.running = True
+            self._running.append(ticket)
+            self.started[ticket.session] = self.started.get(ticket.session, 0) + 1
+            self.order.append(ticket.session)
+        self._cond.notify_all()
+
+    def snapshot(self) -> dict:
+        """{"running": [sessions], "waiting": [sessions]}, in order."""
+        with self._cond:
+            return {"running": [t.session for t in self._running], "waiting": [t.session for t in self._waiting]}
+
+
 class Studio:
     """Composes requests with cached checkpoints and renders the results."""
 
     def __init__(self, checkpoint_dir: str | Path, renderer: Renderer | None = None, limits: Limits | None = None,
-                 device: str | None = None):
+                 device: str | None = None, workdir: str | Path | None = None):
         self.checkpoint_dir = Path(checkpoint_dir)
         self.renderer = renderer or Renderer()
         self.limits = limits or Limits()
         self.device = device
         self.stops = StopSignals()
+        self.turns = Turns(self.limits.concurrency, self.limits.queue_size)  # who composes next
         self._models: dict[int, tuple] = {}
         self._load_locks = {step: threading.Lock() for step in SHIPPED_STEPS}
-        self._workdir = Path(tempfile.mkdtemp(prefix="cwcompose-"))
+        self._workdir = Path(tempfile.mkdtemp(prefix="cwcompose-", dir=workdir))  # result files; workdir: its parent
         self._results: deque[Path] = deque()
         self._results_lock = threading.Lock()
 
@@ -246,8 +372,22 @@ class Studio:
             if step not in self._models:
                 if step not in self.available_checkpoints():
                     raise CheckpointError(self.missing_checkpoint_message(step))
-                self._models[step] = load_checkpoint(self.checkpoint_stem(step), device=self.device)
+                try:
+                    self._models[step] = load_checkpoint(self.checkpoint_stem(step), device=self.device)
+                except (CheckpointError, OSError) as err:
+                    raise CheckpointError(self.damaged_checkpoint_message(step, err)) from err
             return self._models[step]
+
+    def damaged_checkpoint_message(self, step: int, err: Exception) -> str:
+        """What to tell a person when checkpoint ``step``'s files exist but cannot be loaded."""
+        stem = self.checkpoint_stem(step)
+        text = str(err)
+        name = next((f"{stem.name}{suffix}" for suffix in (".safetensors", ".json") if f"{stem.name}{suffix}" in text),
+                    f"{stem.name}.safetensors")
+        others = ", ".join(str(s) for s in self.available_checkpoints() if s != step) or "none"
+        return (f"Checkpoint {step} cannot be used: its file {stem.parent / name} is damaged or is not a cwcompose "
+                f"checkpoint (it could not be read). Choose another checkpoint (available: {others}), or replace "
+                f"the file with a good copy (`make train` exports it again) and restart the app.")
 
     def preload(self) -> list[int]:
         """Load every available checkpoint now; returns the steps loaded."""
