@@ -259,7 +259,7 @@ def wire_events(studio: Studio, history: gr.State, c: dict, r: dict, compare_ui:
     def take_values(take, seed_fallback=0) -> tuple:
         if take is None:
             return None, None, empty_roll_html("No takes yet: press Generate."), EMPTY_NUMBERS, seed_fallback
-        return (str(take.audio_path), str(take.midi_path), take.roll,
+        return (str(take.audio_path) if take.audio_path else None, str(take.midi_path), take.roll,
                 {"headers": NUMBER_HEADERS, "data": numbers_table(take.numbers)}, take.seed)
 
     def stream(req: ComposeRequest, hist: History, request: gr.Request, label: str):
@@ -276,6 +276,9 @@ def wire_events(studio: Studio, history: gr.State, c: dict, r: dict, compare_ui:
                             yield {r["piano_roll"]: event.roll}
                         else:
                             hist.add(event[0], event if len(event) > 1 else [])
+                            if event[0].audio_path is None:  # the soundfont is gone: MIDI and roll only
+                                gr.Warning(studio.audio_problem or "No audio this time: the soundfont could not be "
+                                           "loaded. The MIDI file and the piano roll are ready.")
                             audio, midi, roll, numbers, seed = take_values(event[0])
                             yield {r["audio"]: audio, r["midi"]: midi, r["piano_roll"]: roll, r["numbers"]: numbers,
                                    c["seed"]: seed, history: hist}
@@ -295,13 +298,13 @@ def wire_events(studio: Studio, history: gr.State, c: dict, r: dict, compare_ui:
     @gpu(studio.limits.request_seconds)
     def rewind(bar, seed, random_seed, hist: History, request: gr.Request):
         take = current_take(hist)
-        if bar is None or not 1 <= bar <= take.bars - 2:
-            raise gr.Error(f"Keep from 1 to {take.bars - 2} bars: the current take has {take.bars}, and at least "
+        if bar is None or not 1 <= bar <= take.bars - 1:
+            raise gr.Error(f"Keep from 1 to {take.bars - 1} bars: the current take has {take.bars}, and at least "
                            "one bar must be composed again.")
         bar = int(bar)
-        try:  # the kept bars, then a bar line, so that composing starts at bar N + 1
-            req = dataclasses.replace(take.request, primer=None, primer_words=with_bar_line(take.words_up_to_bar(bar)),
-                                      primer_bars=bar + 1, bars=take.bars - bar - 1, variations=1,
+        try:  # the engine keeps the take's first N bars (from_bar) and composes the rest again
+            req = dataclasses.replace(take.request, primer=None, primer_words=take.composition.words, from_bar=bar,
+                                      primer_bars=bar, bars=take.bars - bar, variations=1,
                                       seed=None if random_seed else seed)
         except ValueError as err:
             raise gr.Error(str(err)) from err
@@ -312,7 +315,7 @@ def wire_events(studio: Studio, history: gr.State, c: dict, r: dict, compare_ui:
         take = current_take(hist)
         try:
             req = dataclasses.replace(take.request, primer=None, primer_words=take.composition.words,
-                                      primer_bars=take.bars, bars=bars, variations=1,
+                                      primer_bars=take.bars, from_bar=None, bars=bars, variations=1,
                                       seed=None if random_seed else seed)
         except ValueError as err:
             raise gr.Error(str(err)) from err
@@ -334,7 +337,7 @@ def wire_events(studio: Studio, history: gr.State, c: dict, r: dict, compare_ui:
     def show_history(hist: History):
         n = len(hist.variations)
         items = [(f"Variation {i + 1} (seed {t.seed})", t.roll_small, str(t.audio_path))
-                 for i, t in enumerate(hist.variations)] if n else []
+                 for i, t in enumerate(hist.variations) if t.audio_path] if n else []
         return (takes_rows(hist), variations_html(items),
                 gr.update(value="1", visible=n > 1),
                 gr.update(visible=n > 1))
@@ -369,15 +372,6 @@ def wire_events(studio: Studio, history: gr.State, c: dict, r: dict, compare_ui:
                      None, [*sliders.values(), c["preset"], c["primer_bars"], c["bars"]], api_visibility="private")
 
 
-def with_bar_line(words):
-    """``words`` followed by a Bar word (the engine's grammar starts a bar from it)."""
-    import numpy as np
-    from cwcompose.tokenizer import BAR, FAMILY_METRIC, IGNORE
-    bar = np.full((1, words.shape[1]), IGNORE, dtype=words.dtype)
-    bar[0, :2] = (FAMILY_METRIC, BAR)
-    return np.concatenate([words, bar])
-
-
 def current_take(hist: History):
     if hist.current is None:
         raise gr.Error("Generate something first: there is no take yet.")
@@ -407,8 +401,9 @@ def wire_compare(studio: Studio, c: dict, ui: dict, sliders: dict) -> None:
                 gr.Warning(take)
                 values.update({ui["files"][step]["audio"]: None, ui["files"][step]["midi"]: None})
                 continue
-            items.append((letter, f"checkpoint {step}", take.roll, str(take.audio_path)))
-            values.update({ui["files"][step]["audio"]: str(take.audio_path),
+            audio = str(take.audio_path) if take.audio_path else None  # None: the soundfont is gone
+            items.append((letter, f"checkpoint {step}", take.roll_static, audio or ""))
+            values.update({ui["files"][step]["audio"]: audio,
                            ui["files"][step]["midi"]: str(take.midi_path)})
             columns[step] = take.numbers
         names = next((list(n) for n in columns.values()), [])
@@ -477,11 +472,20 @@ def launch_options(studio: Studio) -> dict:
                 allowed_paths=[str(studio.workdir)])
 
 
+def theme() -> gr.themes.Base:
+    """Gradio's Soft theme with the indigo text and buttons one step darker, and the grey help text
+    two: as shipped they miss WCAG AA contrast (4.5:1; the browser test runs axe-core on it)."""
+    return gr.themes.Soft().set(
+        color_accent="*primary_700", block_label_text_color="*primary_700", block_title_text_color="*primary_700",
+        button_primary_background_fill="*primary_600", button_primary_background_fill_hover="*primary_700",
+        body_text_color_subdued="*neutral_600")
+
+
 def launch(studio: Studio, **options) -> gr.Blocks:
     """Build the demo around ``studio`` and start it with the app's launch options (tests and
     benchmarks pass ``prevent_thread_lock=True`` to get it back while it serves)."""
     demo = build_demo(studio)
-    demo.launch(**{"server_name": "127.0.0.1", "theme": gr.themes.Soft(), **launch_options(studio), **options})
+    demo.launch(**{"server_name": "127.0.0.1", "theme": theme(), **launch_options(studio), **options})
     return demo
 
 

@@ -100,7 +100,9 @@ def roll_html(notes: RollNotes, *, title: str = "", chunks: list[str | Path] = (
              "data-chunks": json.dumps([str(c) for c in chunks]), "data-done": int(done),
              "data-audio-url": audio_url}
     attr_text = " ".join(f'{k}="{html.escape(str(v), quote=True)}"' for k, v in attrs.items())
-    tools = "" if compact else (
+    play = ('<button type="button" class="cw-btn cw-play" data-cw="play" aria-label="Play from the start">'
+            'Play</button>') if stream_id and not compact else ""
+    tools = "" if compact else play + (
         '<button type="button" class="cw-btn" data-cw="zoom-out" aria-label="Zoom out in time">−</button>'
         '<button type="button" class="cw-btn" data-cw="zoom-in" aria-label="Zoom in in time">+</button>')
     summary = f"{html.escape(title)} — {notes.bars} bars, {len(notes.pitch)} notes" if title else \
@@ -147,6 +149,8 @@ HEAD_CSS = f"""
 .cw-ab-time {{ font-variant-numeric: tabular-nums; }}
 .cw-ab .cw-roll {{ margin-bottom: 8px; }}
 .cw-ab .cw-ab-off .cw-roll-scroll {{ opacity: 0.55; }}
+/* Gradio's audio player draws its times and speed in neutral-400 (2.5:1 on white): darker, for AA */
+.gradio-container time, .gradio-container button.playback span {{ color: #4b5563 !important; }}
 """
 
 HEAD_JS = r"""
@@ -169,7 +173,10 @@ HEAD_JS = r"""
     if (act === 'zoom-in' || act === 'zoom-out') {
       cw.zoom = Math.min(8, Math.max(0.25, cw.zoom * (act === 'zoom-in' ? 1.5 : 1 / 1.5)));
       document.querySelectorAll('.cw-roll:not(.cw-compact)').forEach(applyZoom);
-    } else if (act === 'stream-stop') { cw.stopAll(); }
+    } else if (act === 'play') {
+      const id = b.closest('.cw-roll').dataset.stream;
+      if (cw.streamTime(id) !== null) cw.stopAll(); else cw.replay(id);
+    }
     else if (act.startsWith('ab-')) { cw.abSwitch(b.closest('.cw-ab'), act.slice(3)); }
     else if (act === 'ab-play') {}
   });
@@ -216,8 +223,8 @@ HEAD_JS = r"""
     let s = cw.streams[id];
     if (!s) {
       Object.keys(cw.streams).forEach((k) => cw.streams[k].stop());
-      s = cw.streams[id] = { id, next: 0, fetched: [], at: null, samples: 0, sources: [], started: false,
-        scheduled: 0, stopped: false,
+      s = cw.streams[id] = { id, next: 0, fetched: [], buffers: [], at: null, samples: 0, sources: [],
+        started: false, scheduled: 0, stopped: false,
         stop() { this.stopped = true; this.sources.forEach((x) => { try { x.stop(); } catch (e) {} }); } };
     }
     const chunks = JSON.parse(roll.dataset.chunks || '[]');
@@ -227,21 +234,34 @@ HEAD_JS = r"""
     }
     pump(s);
   }
+  function schedule(s, buf) {
+    const ctx = cw.audioContext();
+    if (s.at === null) s.at = ctx.currentTime + 0.05;
+    const src = ctx.createBufferSource(); src.buffer = buf; src.connect(ctx.destination);
+    src.start(s.at + s.samples / buf.sampleRate);
+    s.samples += buf.length; s.sources.push(src); s.scheduled = s.samples / buf.sampleRate;
+  }
   async function pump(s) {
     if (s.pumping) return; s.pumping = true;
     try {
-      while (!s.stopped && s.next < s.fetched.length) {
-        const data = await s.fetched[s.next];
+      while (s.next < s.fetched.length) {
         const ctx = cw.audioContext();
-        const buf = await ctx.decodeAudioData(data.slice(0));
-        if (s.at === null) s.at = ctx.currentTime + 0.05;
-        const src = ctx.createBufferSource(); src.buffer = buf; src.connect(ctx.destination);
-        src.start(s.at + s.samples / buf.sampleRate);
-        s.samples += buf.length; s.sources.push(src); s.next += 1; s.scheduled = s.samples / buf.sampleRate;
+        let buf = null;
+        try { buf = await ctx.decodeAudioData((await s.fetched[s.next]).slice(0)); }
+        catch (e) { console.warn('cwcompose: skipped an audio chunk', e); s.next += 1; continue; }
+        s.buffers.push(buf); s.next += 1;
+        if (!s.stopped) schedule(s, buf);
         if (!s.started) { s.started = true; s.firstSoundAt = performance.now(); }
       }
     } finally { s.pumping = false; }
   }
+  // Play (again) from the start: every chunk decoded so far, and the ones still to come.
+  cw.replay = (id) => {
+    const s = cw.streams[id]; if (!s) return;
+    Object.values(cw.streams).forEach((o) => o.stop());
+    s.stopped = false; s.at = null; s.samples = 0; s.scheduled = 0; s.sources = [];
+    s.buffers.forEach((buf) => schedule(s, buf));
+  };
   cw.stopAll = () => Object.values(cw.streams).forEach((s) => s.stop());
   cw.streamTime = (id) => {
     const s = cw.streams[id];
@@ -271,8 +291,9 @@ HEAD_JS = r"""
   // ---- one animation loop: playheads follow whichever audio is playing
   function tick() {
     document.querySelectorAll('.cw-roll[data-bars]').forEach((roll) => {
-      let t = roll.dataset.stream ? cw.streamTime(roll.dataset.stream) : null;
-      if (t === null) {
+      const streamed = roll.dataset.stream && roll.closest('#roll');
+      let t = streamed ? cw.streamTime(roll.dataset.stream) : null;
+      if (!streamed) {
         const host = roll.closest('.cw-ab-item, .cw-variation, #result-panel, #compose-result');
         let audio = null;
         if (roll.closest('.cw-ab-item')) {
@@ -281,6 +302,14 @@ HEAD_JS = r"""
         if (audio && !audio.paused) t = audio.currentTime;
       }
       if (t !== null) drawPlayhead(roll, t);
+      const play = roll.querySelector('.cw-play');
+      if (play) {
+        const label = roll.dataset.stream && cw.streamTime(roll.dataset.stream) !== null ? 'Stop' : 'Play';
+        if (play.textContent !== label) {
+          play.textContent = label;
+          play.setAttribute('aria-label', label === 'Play' ? 'Play from the start' : 'Stop playing');
+        }
+      }
     });
     document.querySelectorAll('.cw-ab').forEach((box) => {
       const a = box.querySelector('audio.cw-ab-on'), out = box.querySelector('.cw-ab-time');
@@ -290,17 +319,37 @@ HEAD_JS = r"""
     requestAnimationFrame(tick);
   }
   requestAnimationFrame(tick);
+  // Two bits of Gradio's own markup that axe-core flags: the empty audio/file placeholder's
+  // aria-label on a role-less div (aria-prohibited-attr), and the upload button's aria-label
+  // that leaves out its visible text (label-content-name-mismatch).
+  // The audio player's speed button, whose name leaves out the speed it shows, and its waveform's
+  // scrolling box (in a shadow root), which cannot be reached from the keyboard.
+  function fixAria() {
+    document.querySelectorAll('div[aria-label="Empty value"]:not([role])').forEach((e) => e.setAttribute('role', 'img'));
+    document.querySelectorAll('button.upload-container[aria-label]').forEach((e) => e.removeAttribute('aria-label'));
+    document.querySelectorAll('button.playback').forEach((b) => {
+      const want = `Playback speed ${b.textContent.trim()}: change`;
+      if (b.getAttribute('aria-label') !== want) b.setAttribute('aria-label', want);
+    });
+    document.querySelectorAll('#waveform > div').forEach((host) => {
+      const box = host.shadowRoot && host.shadowRoot.querySelector('.scroll');
+      if (box && !box.hasAttribute('tabindex')) {
+        box.setAttribute('tabindex', '0'); box.setAttribute('role', 'region'); box.setAttribute('aria-label', 'Waveform');
+      }
+    });
+  }
   const seen = new WeakMap();
   new MutationObserver(() => {
+    fixAria();
     document.querySelectorAll('.cw-roll[data-bars]').forEach((roll) => {
       const key = roll.dataset.stream + '|' + roll.dataset.chunks + '|' + roll.dataset.notes;
       if (seen.get(roll) === key) return;
       seen.set(roll, key);
       if (!roll.classList.contains('cw-compact') && cw.zoom !== 1) applyZoom(roll);
-      if (roll.dataset.stream) syncStream(roll);
+      if (roll.dataset.stream && roll.closest('#roll')) syncStream(roll);
     });
-  }).observe(document.documentElement, { childList: true, subtree: true, attributes: true,
-                                         attributeFilter: ['data-chunks'] });
+  }).observe(document.documentElement, { childList: true, subtree: true, characterData: true, attributes: true,
+                                         attributeFilter: ['data-chunks', 'aria-label'] });
 })();
 """
 

@@ -30,11 +30,12 @@ from matplotlib.figure import Figure
 
 from cwcompose import metrics
 from cwcompose.checkpoints import SHIPPED_DIR, SHIPPED_STEPS, CheckpointError, load_checkpoint, shipped_stem
-from cwcompose.generation import Composition, compose
+from cwcompose.generation import BarDone, Composition, compose, iter_compose, primer_words
 from cwcompose.locks import Locks
 from cwcompose.pianoroll import RollStyle, note_name, piano_roll
 from cwcompose.render import Renderer, seconds_of, to_pcm16
 from cwcompose.sampling import DEFAULT_SAMPLING, SamplingConfig
+from cwcompose.words import count_bars
 
 DEFAULT_CHECKPOINT = 28500
 MAX_SEED = 2**32 - 1
@@ -99,6 +100,7 @@ class ComposeRequest:
     variations: int = 1  # takes composed together in one batch, 1..MAX_VARIATIONS
     locks: Locks = Locks()  # chords, key, tempo: what the person fixed
     primer_words: np.ndarray | None = None  # a take's words as the primer (continue / rewind), else None
+    from_bar: int | None = None  # rewind: keep only the primer's first N bars (then its last primer_bars)
 
     def __post_init__(self) -> None:
         if self.checkpoint not in SHIPPED_STEPS or isinstance(self.checkpoint, bool):
@@ -113,6 +115,8 @@ class ComposeRequest:
         if not isinstance(self.sampling, SamplingConfig):
             raise RequestError("sampling must be a SamplingConfig")
         set_(self, "variations", whole_number("variations", self.variations, 1, MAX_VARIATIONS))
+        if self.from_bar is not None:
+            set_(self, "from_bar", whole_number("bars to keep", self.from_bar, 1))
         if not isinstance(self.locks, Locks):
             raise RequestError("locks must be a cwcompose.locks.Locks")
         if self.primer is not None:
@@ -518,6 +522,13 @@ class Take:
         notes = RollNotes.from_midi(self.composition.midi, self.composition.primer_end_tick, bars=self.bars)
         return roll_html(notes, compact=True, px_per_bar=18)
 
+    @property
+    def roll_static(self) -> str:
+        """The full-size roll without its audio stream (for views with their own players)."""
+        from cwcompose.roll_view import RollNotes, roll_html
+        notes = RollNotes.from_midi(self.composition.midi, self.composition.primer_end_tick, bars=self.bars)
+        return roll_html(notes, title=f"checkpoint {self.checkpoint}, seed {self.seed}")
+
     def describe(self) -> str:
         locks = ", ".join(f"{k} {v}" for k, v in locks_summary(self.request.locks).items()) or "no locks"
         return f"{self.label}: checkpoint {self.checkpoint}, seed {self.seed}, {self.bars} bars, {locks}"
@@ -592,48 +603,6 @@ def bar_increments(words: np.ndarray) -> np.ndarray:
     return increments(words)
 
 
-def _fallback_iter(model, tokenizer, *, primer, primer_bars, bars, seed, sampling, max_seconds, should_stop):
-    """``generation.compose``'s loop, yielding (words so far, bars complete) at each bar line and
-    the Composition last. Stands in until the batched engine's ``iter_compose`` lands."""
-    import torch
-    from cwcompose import generation as g
-    from cwcompose.tokenizer import COL, REST, VALUE0
-    # inference mode is per thread and Gradio may resume a generator on another thread: so it is
-    # entered around each piece of work, never across a yield
-    generator = torch.Generator().manual_seed(int(seed))
-    start, primer_length, grammar, clock = g._opening(tokenizer, primer, primer_bars)
-    decoder = g.IncrementalDecoder(model)
-    with torch.inference_mode():
-        h = decoder.prefill(start)
-    words, bars_done, stopped = list(start), (0 if primer_length else 1), False
-    if primer_length:
-        yield np.stack(words), g.count_bars(start)
-    for _ in range(bars * g.MAX_WORDS_PER_BAR):
-        with torch.inference_mode():
-            word = g.sample_word(model, h, grammar, sampling, generator)
-        new_bars = g.count_bars(word[None])
-        if word[COL["bar_pos"]] == REST and bars_done < bars < bars_done + new_bars:
-            word[COL["rest"]], new_bars = VALUE0 + bars - bars_done - 1, bars - bars_done
-        if new_bars and bars_done + new_bars > bars:
-            break
-        if new_bars and bars_done:
-            yield np.stack(words), g.count_bars(np.stack(words))
-            if should_stop():
-                stopped = True
-                break
-        clock.advance(word)
-        if max_seconds is not None and clock.seconds > max_seconds:
-            stopped = True
-            break
-        words.append(word)
-        grammar.update(word)
-        bars_done += new_bars
-        with torch.inference_mode():
-            h = decoder.step(word)
-    yield g._finish(tokenizer, np.stack(words), primer_length, bars_done, seed, stopped,
-                    g.count_bars(start[:primer_length]))
-
-
 def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> Path:
     """float32 (n, 2) -> 16-bit WAV, at a fixed scale (chunks of one stream must match)."""
     import wave
@@ -646,53 +615,101 @@ def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> Path:
     return path
 
 
+@dataclasses.dataclass(frozen=True)
+class CloseLastBar:
+    """A logit processor for continuing a take (continue, rewind): a take is whole bars, so the
+    first metrical word after it is a bar line (or a rest), never one more onset in its last
+    bar, which would change bars the person chose to keep. Rows where the grammar allows no
+    bar line are left alone."""
+
+    def __call__(self, state, field: str, logits):
+        import torch
+        from cwcompose.words import POS0
+        if field != "bar_pos":
+            return logits
+        rows = (state.bar < 0) & ~state.done
+        closed = logits.clone()
+        closed[:, POS0:] = -torch.inf
+        possible = torch.isfinite(closed).any(dim=1)
+        return torch.where((rows & possible)[:, None], closed, logits)
+
+
+def first_seed(request: ComposeRequest) -> int:
+    """The seed of variation 1 (variation i gets seed + i - 1, so all must stay within 0..MAX_SEED)."""
+    last = MAX_SEED - (request.variations - 1)
+    if request.seed is None:
+        return secrets.randbelow(last + 1)
+    if request.seed > last:
+        raise RequestError(f"with {request.variations} variations the seed must be at most {last} "
+                           f"(variation i uses seed + i - 1), got {request.seed}")
+    return request.seed
+
+
 def stream_compose(studio: "Studio", request: ComposeRequest, stop: threading.Event | None = None,
                    label: str = "") -> "Iterator[Partial | list[Take]]":
-    """Compose ``request`` and stream it: a :class:`Partial` after the primer and after every bar
-    of variation 1 (its audio so far as chunk files, its roll so far), then the list of takes
-    (one per variation). Stop keeps what was composed."""
+    """Compose ``request`` with the batched engine (``generation.iter_compose``: every variation
+    in one batch, the locks as logit processors, ``from_bar`` for rewinds) and stream it: a
+    :class:`Partial` after the primer (when there is one) and after every bar of variation 1
+    (its audio so far as chunk files, its roll so far), then the list of takes (one per
+    variation). Stop keeps what was composed."""
     from cwcompose.roll_view import RollNotes, roll_html
     request.check(studio.limits)
     model, tokenizer = studio.model(request.checkpoint)
-    seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    seed = first_seed(request)
     if request.primer_words is not None:
         primer = request.primer_words
+    elif request.primer is not None:
+        primer = tokenizer.encode(request.primer.read_bytes(), end=False)  # read once, as words
     else:
-        primer = request.primer.read_bytes() if request.primer is not None else None
-    if any(locks_summary(request.locks).values()):
-        raise RequestError("locks (chords, key, tempo) need the batched engine (generation.iter_compose), "
-                           "which is not installed in this build yet; clear them to compose")
+        primer = None
+    opening = primer_words(tokenizer, primer, request.primer_bars, request.from_bar) if primer is not None else None
+    if opening is not None and not len(opening):
+        opening = None
+    try:
+        constraints = request.locks.processors(tokenizer, opening)
+    except ValueError as err:
+        raise RequestError(str(err)) from err
+    if request.primer_words is not None and opening is not None:
+        constraints = [CloseLastBar(), *constraints]
+    primer_bars = count_bars(opening) if opening is not None else 0
     deadline = time.monotonic() + studio.limits.request_seconds
     should_stop = lambda: (stop is not None and stop.is_set()) or time.monotonic() > deadline  # noqa: E731
     folder = studio._new_result_dir()
     stream_id = folder.name
-    primer_end = None
+    sample_rate = studio.renderer.sample_rate
+    total_bars = primer_bars + request.bars
     compositions: list[Composition] = []
     chunks: list[Path] = []
+
+    def partial(audio_stream, words, complete: int) -> Partial:
+        midi = tokenizer.decode(words)
+        chunk = audio_stream.feed(midi, complete * 4 * midi.ticks_per_beat)
+        if len(chunk):  # a WAV with no frames is not decodable audio in a browser
+            chunks.append(_write_wav(folder / f"chunk{len(chunks):03d}.wav", chunk, sample_rate))
+        notes = RollNotes.from_midi(midi, primer_end, bars=complete)
+        return Partial(complete, total_bars, roll_html(notes, title=f"composing, bar {complete} of {total_bars}",
+                                                       chunks=chunks, stream_id=stream_id, done=False),
+                       list(chunks), stream_id)
+
     with studio.renderer.stream() as audio_stream:
-        for event in _fallback_iter(model, tokenizer, primer=primer, primer_bars=request.primer_bars,
-                                    bars=request.bars, seed=seed, sampling=request.sampling,
-                                    max_seconds=studio.limits.max_music_seconds, should_stop=should_stop):
-            if isinstance(event, Composition):
-                compositions.append(event)
-                tail = audio_stream.finish(event.midi)
-                chunks.append(_write_wav(folder / f"chunk{len(chunks):03d}.wav", tail, studio.renderer.sample_rate))
-                break
-            words, complete = event
-            midi = tokenizer.decode(words)
-            tpb = 4 * midi.ticks_per_beat
-            chunk = audio_stream.feed(midi, complete * tpb)
-            chunks.append(_write_wav(folder / f"chunk{len(chunks):03d}.wav", chunk, studio.renderer.sample_rate))
-            if primer_end is None:  # the first event comes right after the primer (or after bar 1)
-                primer_end = complete * tpb if primer is not None else 0
-            notes = RollNotes.from_midi(midi, primer_end, bars=complete)
-            yield Partial(complete, request.primer_bars * (primer is not None) + request.bars,
-                          roll_html(notes, title=f"composing, bar {complete}", chunks=chunks, stream_id=stream_id,
-                                    done=False), list(chunks), stream_id)
-    for row in range(1, request.variations):
-        compositions.append(compose(model, tokenizer, primer=primer, primer_bars=request.primer_bars,
-                                    bars=request.bars, max_seconds=studio.limits.max_music_seconds,
-                                    sampling=request.sampling, seed=(seed + row) % (MAX_SEED + 1)))
+        primer_end = 0
+        if opening is not None:  # the primer sounds at once, while the first bar is composed
+            primer_midi = tokenizer.decode(opening)
+            primer_end = max((n.start for n in primer_midi.instruments[0].notes), default=-1) + 1 \
+                if primer_midi.instruments else 0
+            yield partial(audio_stream, opening, primer_bars)
+        for event in iter_compose(model, tokenizer, primer=primer, primer_bars=request.primer_bars,
+                                  bars=request.bars, variations=request.variations, seed=seed,
+                                  sampling=request.sampling, constraints=constraints, from_bar=request.from_bar,
+                                  max_seconds=studio.limits.max_music_seconds, should_stop=should_stop):
+            if isinstance(event, BarDone):
+                if event.row == 0:
+                    yield partial(audio_stream, event.words, primer_bars + event.bar + 1)
+                continue
+            compositions = event.compositions
+            tail = audio_stream.finish(compositions[0].midi)
+            if len(tail):
+                chunks.append(_write_wav(folder / f"chunk{len(chunks):03d}.wav", tail, sample_rate))
     takes = []
     for row, composition in enumerate(compositions):
         takes.append(_take(studio, request, composition, folder, row, chunks if row == 0 else None, stream_id,
