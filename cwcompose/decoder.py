@@ -16,7 +16,8 @@ field that some row needs, each through the processor pipeline (see
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, fields
 from typing import Callable
 
 import numpy as np
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from cwcompose.grammar import PaddedGrammar, WordState, allowed, applies
 from cwcompose.model import CPTransformer
 from cwcompose.sampling import Temperature, TopP, gumbel_block, row_keys, top_p_rows
-from cwcompose.words import COL, FAMILY_METRIC, FIELDS, IGNORE, METRIC_FIELDS, NOTE_FIELDS, as_words, bar_starts
+from cwcompose.words import BAR, COL, FAMILY_METRIC, FIELDS, IGNORE, METRIC_FIELDS, NOTE_FIELDS, as_words, bar_starts
 
 Processor = Callable[[WordState, str, torch.Tensor], torch.Tensor]
 KEEP_SHARE = 0.75  # a sliding window keeps at least this share of the context
@@ -73,7 +74,7 @@ def fuse_heads(model: CPTransformer) -> FusedHeads:
 class Decoder:
     """KV-cached forward steps for B rows with per-row lengths and sliding windows."""
 
-    def __init__(self, model: CPTransformer, batch: int, capacity: int | None = None):
+    def __init__(self, model: CPTransformer, batch: int, capacity: int | None = None, compile: bool = False):
         cfg = model.config
         p = next(model.parameters())
         self.model, self.batch, self.device = model, batch, p.device
@@ -100,6 +101,16 @@ class Decoder:
         self._row_heads = torch.arange(batch * 2 * cfg.n_heads, device=p.device).view(batch, -1) * self.capacity
         self._scale = 1.0 / math.sqrt(self.head_dim)
         self._manual_attention = batch > 1  # the CPU's fused kernel is slower than two matmuls for several rows
+        norms = [m for block in model.blocks for m in (block.norm1, block.norm2)] + [model.norm]
+        if any(n.eps != 1e-5 for n in norms):
+            raise ValueError("the decode step assumes LayerNorm eps 1e-5")
+        self._max_distance = cfg.max_relative_distance
+        self._tables = (self.embed_table, self.embed_offsets, model.project_in.bias.detach(), self._arange,
+                        self._row_heads, model.norm.weight.detach(), model.norm.bias.detach())
+        self._weights = tuple(tuple(getattr(w, f.name) for f in fields(StepWeights) if not f.name.startswith("eps"))
+                              for w in self.layers)
+        self.compiled = compile
+        self._layer_rows = torch.arange(cfg.n_layers, device=p.device)[:, None] * self.kv[0].numel() // self.head_dim
 
     # ------------------------------------------------------------ windows
 
@@ -156,40 +167,118 @@ class Decoder:
         self._max_words += 1  # an upper bound of n_words, known without a host sync
         self._reserve(self._max_words + 1)
         self.history[self._rows, self.n_words] = word
-        x = self.embed_table[word + self.embed_offsets].sum(1) + self.model.project_in.bias
-        h = self._forward_one(x)
+        if self.compiled:
+            h, rows = compiled_step()(word, self.lengths, self.kv, self._tables, self._weights, self._max_distance)
+            flat = (self._layer_rows + (self._row_heads + self.lengths.clamp(max=self.capacity - 1)[:, None]).flatten())
+            self.kv.view(-1, self.head_dim).index_copy_(0, flat.flatten(), rows.reshape(-1, self.head_dim))
+        else:
+            h = decode_step(word, self.lengths, self.kv, self._tables, self._weights, self._max_distance,
+                            self._manual_attention)
         self.n_words += keep
         self.lengths += keep
         return h
 
-    def _forward_one(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's blocks for one new word per row: x (B, d) embeddings -> h (B, d)."""
-        b, d, hd, cap, heads = x.size(0), x.size(1), self.head_dim, self.capacity, self.n_heads
-        slot = self.lengths.clamp(max=cap - 1)
-        distance = (slot[:, None] - self._arange).clamp_(0, self.model.config.max_relative_distance - 1)
-        gather = distance[:, None, None, :].expand(b, heads, 1, cap)
-        mask = torch.zeros((b, 1, 1, cap), device=x.device, dtype=x.dtype).masked_fill_(
-            (self._arange > slot[:, None])[:, None, None, :], float("-inf"))
-        flat = (self._row_heads + slot[:, None]).flatten()
-        for layer, w in enumerate(self.layers):
-            a = F.layer_norm(x, (d,), w.norm1_w, w.norm1_b, w.eps1)
-            qkv = torch.addmm(w.qkv_b, a, w.qkv_t)
-            kv = self.kv[layer]
-            kv.view(-1, hd).index_copy_(0, flat, qkv[:, d:].reshape(-1, hd))
-            q = qkv[:, :d].reshape(b, heads, 1, hd)
-            bias = torch.matmul(q, w.relative_t).gather(-1, gather).add_(mask)  # (B, H, 1, capacity)
-            keys, values = kv[:, 0], kv[:, 1]
-            if self._manual_attention:
-                scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(self._scale).add_(bias)
-                y = torch.matmul(torch.softmax(scores, -1), values)
-            else:
-                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)
-            x = torch.addmm(x, y.view(b, d), w.out_t).add_(w.out_b)
-            m = F.layer_norm(x, (d,), w.norm2_w, w.norm2_b, w.eps2)
-            u = torch.addmm(w.up_b, m, w.up_t)  # (up(m)) / sqrt(2)
-            x = torch.addmm(x, torch.addcmul(u, u, torch.erf(u)), w.down_t).add_(w.down_b)  # GELU folded in
-        norm = self.model.norm
-        return F.layer_norm(x, (d,), norm.weight, norm.bias, norm.eps)
+
+def decode_step(word: torch.Tensor, lengths: torch.Tensor, kv: torch.Tensor, tables: tuple, weights: tuple,
+                max_distance: int, manual_attention: bool) -> torch.Tensor:
+    """The model's step for one new word per row, a pure function of tensors (but for
+    the new keys and values written into ``kv`` (layers, B, 2, H, capacity, head_dim) at
+    each row's slot ``min(lengths, capacity - 1)``): word (B, fields) -> h (B, d).
+    ``tables`` and ``weights`` are laid out by :class:`Decoder`; compiled as it is by
+    ``Decoder(..., compile=True)``."""
+    embed_table, embed_offsets, embed_bias, arange, row_heads, norm_w, norm_b = tables
+    b, cap, hd = word.size(0), kv.size(4), kv.size(5)
+    heads = kv.size(3)
+    d = heads * hd
+    x = embed_table[word + embed_offsets].sum(1) + embed_bias
+    slot = lengths.clamp(max=cap - 1)
+    distance = (slot[:, None] - arange).clamp(0, max_distance - 1)
+    gather = distance[:, None, None, :].expand(b, heads, 1, cap)
+    mask = torch.zeros((b, 1, 1, cap), device=x.device, dtype=x.dtype).masked_fill(
+        (arange > slot[:, None])[:, None, None, :], float("-inf"))
+    flat = (row_heads + slot[:, None]).flatten()
+    scale = 1.0 / math.sqrt(hd)
+    for layer, (n1w, n1b, qkv_t, qkv_b, rel_t, out_t, out_b, n2w, n2b, up_t, up_b, down_t, down_b) in enumerate(weights):
+        a = F.layer_norm(x, (d,), n1w, n1b, 1e-5)
+        qkv = torch.addmm(qkv_b, a, qkv_t)
+        cache = kv[layer]
+        cache.view(-1, hd).index_copy_(0, flat, qkv[:, d:].reshape(-1, hd))
+        q = qkv[:, :d].reshape(b, heads, 1, hd)
+        bias = torch.matmul(q, rel_t).gather(-1, gather) + mask  # (B, H, 1, capacity)
+        keys, values = cache[:, 0], cache[:, 1]
+        if manual_attention:
+            scores = torch.matmul(q, keys.transpose(-1, -2)) * scale + bias
+            y = torch.matmul(torch.softmax(scores, -1), values)
+        else:
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)
+        x = torch.addmm(x, y.view(b, d), out_t) + out_b
+        m = F.layer_norm(x, (d,), n2w, n2b, 1e-5)
+        u = torch.addmm(up_b, m, up_t)  # up(m) / sqrt(2)
+        x = torch.addmm(x, torch.addcmul(u, u, torch.erf(u)), down_t) + down_b  # GELU folded in
+    return F.layer_norm(x, (d,), norm_w, norm_b, 1e-5)
+
+
+def decode_step_pure(word: torch.Tensor, lengths: torch.Tensor, kv: torch.Tensor, tables: tuple, weights: tuple,
+                     max_distance: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`decode_step` without writing ``kv``: the new word's key and value enter
+    the attention on their own, and come back as (layers, B, 2 * d) rows for the caller
+    to write (a compiled graph that mutates a large input may copy all of it)."""
+    embed_table, embed_offsets, embed_bias, arange, row_heads, norm_w, norm_b = tables
+    b, cap, hd = word.size(0), kv.size(4), kv.size(5)
+    heads = kv.size(3)
+    d = heads * hd
+    x = embed_table[word + embed_offsets].sum(1) + embed_bias
+    slot = lengths.clamp(max=cap - 1)
+    distance = (slot[:, None] - arange).clamp(0, max_distance - 1)
+    gather = distance[:, None, None, :].expand(b, heads, 1, cap)
+    mask = torch.zeros((b, 1, 1, cap), device=x.device, dtype=x.dtype).masked_fill(
+        (arange >= slot[:, None])[:, None, None, :], float("-inf"))
+    scale = 1.0 / math.sqrt(hd)
+    rows = []
+    for layer, (n1w, n1b, qkv_t, qkv_b, rel_t, out_t, out_b, n2w, n2b, up_t, up_b, down_t, down_b) in enumerate(weights):
+        a = F.layer_norm(x, (d,), n1w, n1b, 1e-5)
+        qkv = torch.addmm(qkv_b, a, qkv_t)
+        rows.append(qkv[:, d:])
+        q = qkv[:, :d].reshape(b, heads, 1, hd)
+        k_new = qkv[:, d:2 * d].reshape(b, heads, 1, hd)
+        v_new = qkv[:, 2 * d:].reshape(b, heads, 1, hd)
+        relative = torch.matmul(q, rel_t)  # (B, H, 1, max distance)
+        cache = kv[layer]
+        old = torch.matmul(q, cache[:, 0].transpose(-1, -2)) * scale + relative.gather(-1, gather) + mask
+        new = (q * k_new).sum(-1, keepdim=True) * scale + relative[..., :1]
+        p = torch.softmax(torch.cat([old, new], -1), -1)
+        y = torch.matmul(p[..., :cap], cache[:, 1]) + p[..., cap:] * v_new
+        x = torch.addmm(x, y.view(b, d), out_t) + out_b
+        m = F.layer_norm(x, (d,), n2w, n2b, 1e-5)
+        u = torch.addmm(up_b, m, up_t)
+        x = torch.addmm(x, torch.addcmul(u, u, torch.erf(u)), down_t) + down_b
+    return F.layer_norm(x, (d,), norm_w, norm_b, 1e-5), torch.stack(rows)
+
+
+_COMPILED = []
+
+
+def compiled_step():
+    """:func:`decode_step` through ``torch.compile`` (static shapes; one compiled graph
+    per batch size and capacity, shared by every Decoder of the process). The first
+    step of each shape compiles (tens of seconds on this CPU): warm it off the request
+    path (:func:`warm_up`)."""
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(decode_step_pure, dynamic=False, fullgraph=True))
+    return _COMPILED[0]
+
+
+def warm_up(model: CPTransformer, batches: tuple[int, ...] = (1,)) -> float:
+    """Compile the decode step for ``batches`` (e.g. in a background thread at app
+    start); returns the seconds it took."""
+    started = time.perf_counter()
+    for batch in batches:
+        decoder = Decoder(model, batch, compile=True)
+        with torch.inference_mode():
+            decoder.prefill(np.array([[FAMILY_METRIC, BAR] + [IGNORE] * (len(FIELDS) - 2)]))
+            decoder.step(torch.full((batch, len(FIELDS)), IGNORE, device=decoder.device),
+                         torch.zeros(batch, dtype=torch.bool, device=decoder.device))
+    return time.perf_counter() - started
 
 
 @dataclass(frozen=True)
