@@ -85,22 +85,20 @@ class WordState:
     def advance(self, word: torch.Tensor) -> torch.Tensor:
         """Take the drawn words (B, n_fields) into the state; returns (B,) bool: rows whose
         word is part of their piece (alive before, and the word did not end the row)."""
-        kind = word_kind(word[:, COL["family"]], word[:, COL["bar_pos"]])
-        jump = bar_jump(kind, word[:, COL["rest"]])
+        kind, jump = _kind_and_jump(word, self.vocab_sizes)
         ends = ((jump > 0) & (self.bar + jump >= self.bar_limit)) | (word[:, COL["family"]] == FAMILY_END)
         keep = ~self.done & ~ends
         new_bar = jump > 0
         is_pos, is_note = kind == KIND_POS, kind == KIND_NOTE
-        pick = lambda new, old: torch.where(keep, new, old)  # noqa: E731
-        self.bar = pick(self.bar + jump, self.bar)
-        self.position = pick(torch.where(is_pos, word[:, COL["bar_pos"]] - POS0, torch.where(new_bar, -1, self.position)),
-                             self.position)
-        self.notes_in_bar = pick(torch.where(new_bar, 0, self.notes_in_bar + is_note), self.notes_in_bar)
-        self.notes_at_onset = pick(torch.where(is_note, self.notes_at_onset + 1, 0), self.notes_at_onset)
-        self.bar_open = pick(torch.where(new_bar, kind == KIND_BAR, self.bar_open), self.bar_open)
-        self.previous = pick(kind, self.previous)
-        self.have_tempo = self.have_tempo | (keep & is_pos & (word[:, COL["tempo"]] >= TEMPO0))
-        self.have_chord = self.have_chord | (keep & is_pos & (word[:, COL["chord"]] >= CHORD_NONE))
+        kept_pos, kept_note, kept_bar = keep & is_pos, keep & is_note, keep & new_bar
+        self.bar = self.bar + jump * keep
+        self.position = torch.where(kept_pos, word[:, COL["bar_pos"]] - POS0, self.position.masked_fill(kept_bar, -1))
+        self.notes_in_bar = (self.notes_in_bar + kept_note).masked_fill(kept_bar, 0)
+        self.notes_at_onset = torch.where(keep, (self.notes_at_onset + 1) * is_note, self.notes_at_onset)
+        self.bar_open = torch.where(kept_bar, kind == KIND_BAR, self.bar_open)
+        self.previous = torch.where(keep, kind, self.previous)
+        self.have_tempo = self.have_tempo | (kept_pos & (word[:, COL["tempo"]] >= TEMPO0))
+        self.have_chord = self.have_chord | (kept_pos & (word[:, COL["chord"]] >= CHORD_NONE))
         self.done = self.done | ends
         return keep
 
@@ -109,6 +107,25 @@ class WordState:
         return replace(self, **{k: getattr(self, k)[rows] for k in (
             "current", "bar", "position", "notes_in_bar", "notes_at_onset", "done", "previous", "bar_open",
             "have_tempo", "have_chord", "bar_limit")})
+
+
+_KIND_JUMP: dict[tuple, tuple[torch.Tensor, tuple[int, int]]] = {}
+
+
+def _kind_and_jump(word: torch.Tensor, vocab_sizes: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) kind (KIND_*) and bar jump of each word, by one lookup in a table of
+    (family, bar_pos, rest) built once from :func:`word_kind` and :func:`bar_jump`."""
+    sizes = (vocab_sizes["family"], vocab_sizes["bar_pos"], vocab_sizes["rest"])
+    key = (sizes, word.device)
+    if key not in _KIND_JUMP:
+        family, bar_pos, rest = (t.flatten() for t in torch.meshgrid(*(torch.arange(n) for n in sizes), indexing="ij"))
+        kind = word_kind(family, bar_pos)
+        table = torch.stack([kind, bar_jump(kind, rest)], 1).to(word.device)
+        _KIND_JUMP[key] = (table, (sizes[1] * sizes[2], sizes[2]))
+    table, (per_family, per_bar_pos) = _KIND_JUMP[key]
+    index = word[:, COL["family"]] * per_family + word[:, COL["bar_pos"]] * per_bar_pos + word[:, COL["rest"]]
+    found = table[index]
+    return found[:, 0], found[:, 1]
 
 
 def opening_values(words: np.ndarray) -> dict[str, int | bool]:
