@@ -13,6 +13,8 @@ each result's MIDI file into its own folder, deleting the oldest folders so at m
 from __future__ import annotations
 
 import dataclasses
+import errno
+import functools
 import math
 import secrets
 import shutil
@@ -20,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -33,7 +35,7 @@ from cwcompose.checkpoints import SHIPPED_DIR, SHIPPED_STEPS, CheckpointError, l
 from cwcompose.generation import BarDone, Composition, compose, iter_compose, primer_words
 from cwcompose.locks import Locks
 from cwcompose.pianoroll import RollStyle, note_name, piano_roll
-from cwcompose.render import Renderer, seconds_of, to_pcm16
+from cwcompose.render import SOUNDFONT_ENV, Renderer, RenderError, seconds_of, to_pcm16
 from cwcompose.sampling import DEFAULT_SAMPLING, SamplingConfig
 from cwcompose.words import count_bars
 
@@ -341,6 +343,8 @@ class Studio:
         self.device = device
         self.stops = StopSignals()
         self.turns = Turns(self.limits.concurrency, self.limits.queue_size)  # who composes next
+        self.audio_problem: str | None = None  # why the latest take without audio has none
+        self._made_here = threading.local()  # see guard_result_files
         self._models: dict[int, tuple] = {}
         self._load_locks = {step: threading.Lock() for step in SHIPPED_STEPS}
         self._workdir = Path(tempfile.mkdtemp(prefix="cwcompose-", dir=workdir))  # result files; workdir: its parent
@@ -475,11 +479,63 @@ class Studio:
     def _new_result_dir(self) -> Path:
         """A fresh folder for one result; the oldest folders beyond ``kept_results`` are deleted."""
         folder = Path(tempfile.mkdtemp(dir=self._workdir))
+        sink = getattr(self._made_here, "folders", None)  # guard_result_files: the folders of this request
+        if sink is not None:
+            sink.append(folder)
         with self._results_lock:
             self._results.append(folder)
             while len(self._results) > self.limits.kept_results:
                 shutil.rmtree(self._results.popleft(), ignore_errors=True)
         return folder
+
+    # ------------------------------------------------------------ faults at run time
+
+    @contextmanager
+    def audio_stream(self) -> Iterator:
+        """``renderer.stream()``, or a stream that renders nothing (and ``audio_problem`` saying
+        why) when no synth can be loaded, e.g. the soundfont was removed or damaged after start:
+        composing goes on and the MIDI and the roll are still served."""
+        with ExitStack() as stack:
+            try:
+                stream = stack.enter_context(self.renderer.stream())
+            except RenderError:
+                stream = MutedStream()
+                self.audio_problem = self.no_audio_message()
+            yield stream
+
+    def render_or_none(self, midi) -> np.ndarray | None:
+        """``renderer.render(midi)``, or None (and ``audio_problem`` set) when it cannot render."""
+        try:
+            return self.renderer.render(midi)
+        except RenderError:
+            self.audio_problem = self.no_audio_message()
+            return None
+
+    def no_audio_message(self) -> str:
+        path = self.renderer.soundfont.path
+        return (f"No audio this time: the soundfont {path} could not be loaded (it was removed, moved or damaged "
+                "after the app started). The MIDI file and the piano roll are ready. To hear results again, put the "
+                f"soundfont back (or set ${SOUNDFONT_ENV} to a working .sf2/.sf3 file) and restart the app.")
+
+    def discard_results(self, folders: list[Path]) -> None:
+        """Delete these result folders (a request that failed half-way: nothing of it is served)."""
+        with self._results_lock:
+            for folder in folders:
+                if folder in self._results:
+                    self._results.remove(folder)
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def storage_message(self, err: OSError) -> str:
+        """A failed write of a result file -> what is wrong and what to do, in words."""
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            problem = "the server's disk is full"
+        elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            problem = f"the results folder {self._workdir} cannot be written to"
+        else:
+            problem = f"a result file could not be written in {self._workdir} ({err.strerror or 'input/output error'})"
+        return (f"The piece could not be saved: {problem}, so nothing was kept from this request. Try again in a "
+                "few minutes; if it keeps happening, the Space owner needs to free disk space or make the results "
+                "folder writable (or set TMPDIR to a writable folder) and restart the app.")
 
     def close(self) -> None:
         """Delete every result folder and free the synths."""
@@ -607,11 +663,16 @@ def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> Path:
     """float32 (n, 2) -> 16-bit WAV, at a fixed scale (chunks of one stream must match)."""
     import wave
     pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(2)
-        out.setsampwidth(2)
-        out.setframerate(sample_rate)
-        out.writeframes(pcm.tobytes())
+    part = path.with_name(path.name + ".part")  # written whole, then renamed: never served half-written
+    try:
+        with wave.open(str(part), "wb") as out:
+            out.setnchannels(2)
+            out.setsampwidth(2)
+            out.setframerate(sample_rate)
+            out.writeframes(pcm.tobytes())
+        part.replace(path)
+    finally:
+        part.unlink(missing_ok=True)
     return path
 
 
@@ -645,6 +706,53 @@ def first_seed(request: ComposeRequest) -> int:
     return request.seed
 
 
+class MutedStream:
+    """Stands in for a :class:`StreamRenderer` when no synth can be loaded: no audio, no error."""
+
+    def feed(self, midi, until_tick: int) -> np.ndarray:
+        return np.zeros((0, 2), dtype=np.float32)
+
+    def finish(self, midi) -> np.ndarray:
+        return np.zeros((0, 2), dtype=np.float32)
+
+
+class StorageError(RequestError):
+    """A result file could not be written (disk full, folder read-only); nothing of the request is served."""
+
+
+def guard_result_files(stream: Callable) -> Callable:
+    """Wraps :func:`stream_compose`: a failed write of a result file (disk full, folder not
+    writable) deletes the request's result folder and becomes a :class:`StorageError` saying so;
+    a request that fails or is dropped (client gone) leaves no folder behind either."""
+
+    @functools.wraps(stream)
+    def guarded(studio: "Studio", *args, **kwargs):
+        inner, made = stream(studio, *args, **kwargs), []
+        finished = False  # once the takes are out, their files are someone's result: kept
+        try:
+            while True:
+                # each step runs on the calling thread (Gradio may change threads between steps),
+                # so a thread-local tells _new_result_dir whose folder it makes
+                studio._made_here.folders = made
+                try:
+                    event = next(inner)
+                except StopIteration:
+                    break
+                finally:
+                    studio._made_here.folders = None
+                finished = finished or isinstance(event, list)
+                yield event
+        except OSError as err:
+            raise StorageError(studio.storage_message(err)) from err
+        finally:
+            inner.close()
+            if not finished:
+                studio.discard_results(made)
+
+    return guarded
+
+
+@guard_result_files
 def stream_compose(studio: "Studio", request: ComposeRequest, stop: threading.Event | None = None,
                    label: str = "") -> "Iterator[Partial | list[Take]]":
     """Compose ``request`` with the batched engine (``generation.iter_compose``: every variation
@@ -691,7 +799,7 @@ def stream_compose(studio: "Studio", request: ComposeRequest, stop: threading.Ev
                                                        chunks=chunks, stream_id=stream_id, done=False),
                        list(chunks), stream_id)
 
-    with studio.renderer.stream() as audio_stream:
+    with studio.audio_stream() as audio_stream:  # no synth (soundfont gone): MIDI and roll only
         primer_end = 0
         if opening is not None:  # the primer sounds at once, while the first bar is composed
             primer_midi = tokenizer.decode(opening)
@@ -734,8 +842,9 @@ def _take(studio: "Studio", request: ComposeRequest, composition: Composition, f
             out.setframerate(sample_rate)
             out.writeframes(b"".join(frames))
     else:
-        audio_path = _write_wav(folder / f"cwcompose-{request.checkpoint}-seed{composition.seed}-v{row + 1}.wav",
-                                studio.renderer.render(composition.midi), sample_rate)
+        audio = studio.render_or_none(composition.midi)  # None: no soundfont (studio.audio_problem says so)
+        audio_path = None if audio is None else _write_wav(
+            folder / f"cwcompose-{request.checkpoint}-seed{composition.seed}-v{row + 1}.wav", audio, sample_rate)
     midi_path = folder / (f"cwcompose-{request.checkpoint}-seed{composition.seed}"
                           f"{f'-v{row + 1}' if row else ''}.mid")
     composition.midi.dump(str(midi_path))
