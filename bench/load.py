@@ -1,32 +1,31 @@
-"""Load test: concurrent users on one in-process app, over real HTTP with gradio_client.
+"""Load test: simulated users on the real HTTP API (gradio_client), against app.py served by a
+subprocess on 127.0.0.1.
 
-    .venv/bin/python bench/load.py [--users 8] [--requests 5] [--bars 4] [--checkpoints checkpoints]
-                                   [--stand-ins tiny|default]
+    .venv/bin/python bench/load.py                          # 32 users x 5 requests, the shipped v1 checkpoints
+    .venv/bin/python bench/load.py --users 8 --requests 2 --stand-ins tiny --bars 2    # a quick one
 
-Every user has its own client (its own session), seed, checkpoint and primer (a POP909
-song for even users, none for odd ones) and sends ``--requests`` requests one after
-another, a mix of /compose and /compare; all users run at the same time. Prints errors
-(must be 0), p50 / p95 latency per endpoint, peak RSS of this process (server and
-clients), and files left in the app's temp folders, and checks that every user got
-their own results: the seed echoed back is theirs, each of their /compose results is
-byte-identical (same request, same seed), their /compare column for their checkpoint
-equals their /compose result, and different users' seeds give different pieces.
-Exit status 1 if any check fails.
+Every user is its own session and works like a person: compose (streamed), then, rotated by
+user so that the mix covers every kind, rewind, continue, 4 variations and compare, each with
+its own seed. Before the crowd, every user's script runs alone (one user at a time, a fresh
+session each): the solo MIDI files. Then all users run at once on fresh sessions, and every
+result must be byte-identical to that user's solo result for the same step (same seed and
+settings -> same piece): anything else is a mixed result. Prints p50 / p95 per kind (and the
+time to the first streamed update of a compose), errors, mixed results, the server's peak RSS
+and the load average. Exit status 1 on any error or mixed result.
 
-Uses the real checkpoints from ``--checkpoints`` where present; missing ones are replaced
-by untrained stand-ins in a temp folder: ``tiny`` (2 layers, d 32: fast, tests the
-plumbing) or ``default`` (the shipped size: realistic cost per word). The startup lines
-say which. A background training run competes for the CPU: say so next to any figure.
+``--duration S`` keeps the crowd going for S seconds (scripts repeat on fresh sessions, each
+checked against its solo run); bench/soak.py builds on this module.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
-import resource
 import shutil
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -34,34 +33,75 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from cwcompose.checkpoints import SHIPPED_STEPS, TINY_MODEL, fill_with_stand_ins
-
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # app.py is a script at the root, not part of the package
-import app  # noqa: E402
-POP909 = Path(os.environ.get("CWCOMPOSE_DATA", ROOT.parent / "shared" / "data")) / "pop909"
-PRIMER_SONGS = ("001", "002", "003", "004")
-RESULT_KEYS = ("audio", "plot", "midi", "metrics")
+KINDS = ("compose", "rewind", "continue", "variations", "compare")
 
 
-# ---------------------------------------------------------------- setup
+# ---------------------------------------------------------------- the server (a subprocess)
 
 
-def launch(checkpoint_dir: Path):
-    """app.py's demo on ``checkpoint_dir``, started in this process -> (demo, studio)."""
-    studio = app.make_studio({app.CHECKPOINTS_ENV: str(checkpoint_dir)})
+def serve(checkpoints: Path, port: int) -> None:
+    """Run app.py's demo on ``checkpoints`` at 127.0.0.1:``port`` until killed (the subprocess side)."""
+    sys.path.insert(0, str(ROOT))
+    import app
+    studio = app.make_studio({app.CHECKPOINTS_ENV: str(checkpoints)})
     studio.preload()
-    return app.launch(studio, prevent_thread_lock=True, quiet=True), studio
+    studio.renderer.warm_up()
+    app.launch(studio, server_port=port, quiet=True)  # blocks
 
 
-def count_files(folder: Path) -> int:
-    return sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+class Server:
+    """app.py in a subprocess, so its memory is measured apart from the clients'."""
+
+    def __init__(self, checkpoints: Path, work: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        env = {**os.environ, "GRADIO_TEMP_DIR": str(work / "gradio"), "TMPDIR": str(work / "tmp"),
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "GRADIO_ANALYTICS_ENABLED": "False"}
+        (work / "tmp").mkdir(parents=True, exist_ok=True)
+        self.work = work
+        self.log = open(work / "server.log", "w")
+        self.process = subprocess.Popen([sys.executable, __file__, "--serve", str(checkpoints), "--port",
+                                         str(self.port)], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 180
+        while not self.ready():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the app did not start; see {work / 'server.log'}:\n"
+                                 + (work / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+
+    def ready(self) -> bool:
+        import httpx
+        try:
+            return httpx.get(self.url + "gradio_api/info", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def memory_mb(self) -> tuple[float, float]:
+        """(current RSS, peak RSS) of the server process, in MB."""
+        fields = {}
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) / 1024
+        return fields["VmRSS"], fields["VmHWM"]
+
+    def files(self) -> int:
+        return sum(1 for p in self.work.rglob("*") if p.is_file())
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
 
 
 # ---------------------------------------------------------------- users
@@ -69,89 +109,122 @@ def peak_rss_mb() -> float:
 
 @dataclass
 class User:
-    """One simulated person: fixed settings, and what came back."""
+    """One simulated person: a checkpoint, seeds and a script of requests."""
 
     index: int
-    seed: int
     checkpoint: int
-    primer: Path | None
-    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    compose_midis: list[bytes] = field(default_factory=list)
-    compare_midis: list[bytes] = field(default_factory=list)  # the column of this user's checkpoint
-    errors: list[str] = field(default_factory=list)
-
-    def endpoint(self, i: int) -> str:
-        """Request ``i`` goes to /compare on the 2nd and 5th request, else /compose."""
-        return "/compare" if i % 3 == 1 else "/compose"
-
-
-def run_user(user: User, url: str, requests: int, bars: int, start: threading.Barrier, downloads: Path) -> None:
-    """Send ``requests`` requests one after another, recording latency, results and errors."""
-    from gradio_client import Client, handle_file
-
-    client = Client(url, verbose=False, download_files=str(downloads / str(user.index)))
-    primer = handle_file(str(user.primer)) if user.primer else None
-    shared = (primer, 2, bars, user.seed, False)  # primer, primer bars, bars, seed, random seed
-    start.wait()
-    for i in range(requests):
-        endpoint = user.endpoint(i)
-        args = (user.checkpoint, *shared) if endpoint == "/compose" else shared
-        began = time.perf_counter()
-        try:
-            outputs = client.predict(*args, api_name=endpoint)
-        except Exception as err:  # counted and printed: the load test must see every failure
-            user.errors.append(f"user {user.index} request {i} {endpoint}: {type(err).__name__}: {err}")
-            continue
-        user.latencies[endpoint].append(time.perf_counter() - began)
-        try:
-            check_outputs(user, endpoint, outputs)
-        except Exception as err:  # a reply of the wrong shape is an error too
-            user.errors.append(f"user {user.index} request {i} {endpoint}: unexpected reply ({err!r})")
+    seed: int
+    script: list[str]
+    bars: int
+    solo: list = field(default_factory=list)  # per step: the MIDI bytes a solo run got
+    latencies: dict = field(default_factory=lambda: defaultdict(list))
+    errors: list = field(default_factory=list)
+    mixed: list = field(default_factory=list)
+    runs: int = 0
 
 
-def check_outputs(user: User, endpoint: str, outputs) -> None:
-    """The seed echoed back and the checkpoints named are this user's; keep the MIDI bytes.
-
-    /compose returns (audio, plot, midi, metrics, seed); /compare returns (audio, plot, midi)
-    per checkpoint, then a table with a column of numbers per checkpoint, then the seed."""
-    if outputs[-1] != user.seed:
-        user.errors.append(f"user {user.index} {endpoint}: seed {outputs[-1]} came back, sent {user.seed}")
-    if endpoint == "/compose":
-        audio, plot, midi, metrics = outputs[:4]
-        if metrics["seed"] != user.seed or metrics["checkpoint"] != user.checkpoint:
-            user.errors.append(f"user {user.index}: got seed {metrics['seed']} checkpoint {metrics['checkpoint']}")
-        user.compose_midis.append(Path(midi).read_bytes())
-        return
-    *columns, table, _ = outputs
-    per_column = len(columns) // len(SHIPPED_STEPS)
-    for i, step in enumerate(SHIPPED_STEPS):
-        midi = columns[per_column * i + per_column - 1]
-        numbers = table_column(table, step)
-        if midi is None:
-            continue  # a missing checkpoint
-        if numbers.get("seed") != str(user.seed):
-            user.errors.append(f"user {user.index} /compare column {step}: seed {numbers.get('seed')}")
-        if step == user.checkpoint:
-            user.compare_midis.append(Path(midi).read_bytes())
+def make_users(count: int, requests: int, bars: int) -> list[User]:
+    from cwcompose.checkpoints import SHIPPED_STEPS
+    users = []
+    for u in range(count):
+        others = list(KINDS[1:])
+        others = others[u % 4:] + others[:u % 4]
+        script = (["compose"] + others * requests)[:requests]
+        users.append(User(u, SHIPPED_STEPS[u % len(SHIPPED_STEPS)], 1000 + 10 * u, script, bars))
+    return users
 
 
-def table_column(table: dict, step: int) -> dict:
-    """One checkpoint's column of the compare table, keyed by the row name."""
-    column = table["headers"].index(str(step))
-    return {row[0]: str(row[column]) for row in table["data"]}
+def step(client, user: User, kind: str, i: int, latencies: dict) -> list[bytes]:
+    """Send one request -> the MIDI bytes it produced (several for compare)."""
+    seed = user.seed + i
+    began = time.perf_counter()
+    if kind in ("compose", "variations"):
+        job = client.submit(checkpoint=user.checkpoint, bars=user.bars, seed=seed, random_seed=False,
+                            variations=4 if kind == "variations" else 1, api_name="/compose")
+        first = None
+        for _ in job:  # the streamed updates (the roll after every bar), then the result
+            if first is None:
+                first = time.perf_counter() - began
+        audio, midi, roll, table, got = job.result()
+        if kind == "compose" and first is not None:
+            latencies["compose: first update"].append(first)
+        midis = [midi]
+    elif kind == "rewind":
+        audio, midi, roll, table, got = client.predict(bar=1, seed=seed, random_seed=False, api_name="/rewind")
+        midis = [midi]
+    elif kind == "continue":
+        audio, midi, roll, table, got = client.predict(bars=user.bars, seed=seed, random_seed=False,
+                                                       api_name="/continue")
+        midis = [midi]
+    else:
+        view, table, got, *files = client.predict(bars=user.bars, seed=seed, random_seed=False,
+                                                  api_name="/compare")
+        midis = files[1::2]
+    latencies[kind].append(time.perf_counter() - began)
+    if got != seed:
+        raise AssertionError(f"seed {got} came back for seed {seed}")
+    return [Path(m).read_bytes() if m else b"" for m in midis]
 
 
-def own_results_problems(users: list[User]) -> list[str]:
-    """Cross-talk checks: a user's results all agree with each other and differ from other users'."""
-    problems = []
+def run_script(user: User, url: str, downloads: Path, record_solo: bool, latencies: dict) -> None:
+    """One pass of ``user``'s script on a fresh session; checks every result against the solo run."""
+    from gradio_client import Client
+    client = Client(url, verbose=False, download_files=str(downloads / f"u{user.index}-{user.runs}"))
+    user.runs += 1
+    try:
+        for i, kind in enumerate(user.script):
+            try:
+                midis = step(client, user, kind, i, latencies)
+            except Exception as err:  # every failure is counted and shown
+                user.errors.append(f"user {user.index} step {i} ({kind}): {type(err).__name__}: {err}"[:400])
+                return  # the rest of the script depends on this step
+            if record_solo:
+                user.solo.append(midis)
+            elif midis != user.solo[i]:
+                user.mixed.append(f"user {user.index} step {i} ({kind}): not the solo run's MIDI")
+    finally:
+        client.close() if hasattr(client, "close") else None
+        shutil.rmtree(downloads / f"u{user.index}-{user.runs - 1}", ignore_errors=True)
+
+
+def solo_runs(users: list[User], url: str, downloads: Path) -> None:
     for user in users:
-        pieces = set(user.compose_midis) | set(user.compare_midis)
-        if len(pieces) != 1:
-            problems.append(f"user {user.index}: {len(pieces)} different pieces for one request and seed")
-    firsts = [u.compose_midis[0] for u in users if u.compose_midis]
-    if len(set(firsts)) != len(firsts):
-        problems.append(f"only {len(set(firsts))} different pieces for {len(firsts)} users with different seeds")
-    return problems
+        run_script(user, url, downloads, record_solo=True, latencies=defaultdict(list))
+        if user.errors:
+            raise SystemExit(f"the solo run failed: {user.errors}")
+
+
+def crowd(users: list[User], url: str, downloads: Path, duration: float | None,
+          on_tick=None, tick_seconds: float = 60.0) -> float:
+    """Every user at once (a thread each), once or until ``duration`` -> wall seconds.
+    ``on_tick(elapsed)`` is called every ``tick_seconds`` while they run."""
+    start = threading.Barrier(len(users) + 1)
+    began = [0.0]
+    end = [None]
+
+    def run(user: User) -> None:
+        start.wait()
+        while True:
+            run_script(user, url, downloads, record_solo=False, latencies=user.latencies)
+            if end[0] is None or time.monotonic() > end[0] or user.errors:
+                return
+
+    threads = [threading.Thread(target=run, args=(u,), daemon=True) for u in users]
+    for t in threads:
+        t.start()
+    began[0] = time.monotonic()
+    end[0] = began[0] + duration if duration else None
+    start.wait()
+    next_tick = began[0] + tick_seconds
+    while any(t.is_alive() for t in threads):
+        time.sleep(0.2)
+        if on_tick is not None and time.monotonic() >= next_tick:
+            on_tick(time.monotonic() - began[0])
+            next_tick += tick_seconds
+    return time.monotonic() - began[0]
+
+
+# ---------------------------------------------------------------- report
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -159,86 +232,70 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-# ---------------------------------------------------------------- main
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=5, help="requests per user")
-    parser.add_argument("--bars", type=int, default=4, help="bars generated per request")
-    parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
-    parser.add_argument("--stand-ins", choices=("tiny", "default"), default="tiny",
-                        help="size of the untrained models that replace missing checkpoints")
-    return parser.parse_args()
-
-
-def make_users(count: int) -> list[User]:
-    """``count`` users cycling through the checkpoints; even users bring a POP909 primer."""
-    songs = [POP909 / s / f"{s}.mid" for s in PRIMER_SONGS if (POP909 / s / f"{s}.mid").is_file()]
-    if not songs:
-        print("POP909 not found: no user brings a primer")
-    return [User(index=u, seed=1000 + 7 * u, checkpoint=SHIPPED_STEPS[u % len(SHIPPED_STEPS)],
-                 primer=songs[(u // 2) % len(songs)] if songs and u % 2 == 0 else None)
-            for u in range(count)]
-
-
-def run_users(users: list[User], url: str, args: argparse.Namespace, downloads: Path) -> float:
-    """All users at once, each in its own thread -> wall-clock seconds."""
-    start = threading.Barrier(len(users))
-    threads = [threading.Thread(target=run_user, args=(u, url, args.requests, args.bars, start, downloads))
-               for u in users]
-    began = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - began
-
-
-def report(users: list[User], studio, gradio_cache: Path, wall: float, rss_idle: float) -> bool:
-    """Print errors, latencies, memory and files left behind -> whether every check passed."""
+def report(users: list[User], server: Server, wall: float) -> bool:
     errors = [e for u in users for e in u.errors]
-    problems = own_results_problems(users)
-    print(f"\nwall {wall:.1f} s for {sum(len(t) for u in users for t in u.latencies.values())} answered "
-          f"requests; errors: {len(errors)}")
-    for e in errors:
-        print("  ", e)
-    for endpoint in ("/compose", "/compare"):
-        times = [t for u in users for t in u.latencies[endpoint]]
+    mixed = [m for u in users for m in u.mixed]
+    answered = sum(len(v) for u in users for k, v in u.latencies.items() if ":" not in k)
+    print(f"\n{len(users)} users, wall {wall:.1f} s, {answered} requests answered; errors {len(errors)}, "
+          f"mixed results {len(mixed)}")
+    for line in (errors + mixed)[:20]:
+        print("   ", line)
+    kinds = [*KINDS, "compose: first update"]
+    for kind in kinds:
+        times = [t for u in users for t in u.latencies.get(kind, [])]
         if times:
-            print(f"{endpoint:9s} n={len(times):3d}  p50 {statistics.median(times):6.2f} s  "
-                  f"p95 {percentile(times, 0.95):6.2f} s  max {max(times):6.2f} s")
-    print(f"peak RSS {peak_rss_mb():.0f} MB (after startup {rss_idle:.0f} MB; server and clients, one process)")
-    print(f"files: studio work dir {count_files(studio._workdir)} (kept at most {studio.limits.kept_results} "
-          f"results), Gradio cache {count_files(gradio_cache)} (uploads + served audio/MIDI, deleted after "
-          f"{studio.limits.cache_seconds} s)")
-    print("own results:", "OK" if not problems else "FAILED")
-    for p in problems:
-        print("  ", p)
-    return not errors and not problems
+            print(f"  {kind:22s} n={len(times):4d}  p50 {statistics.median(times):7.2f} s  "
+                  f"p95 {percentile(times, 0.95):7.2f} s  max {max(times):7.2f} s")
+    rss, peak = server.memory_mb()
+    print(f"server RSS {rss:.0f} MB, peak {peak:.0f} MB; files under the server's temp folders {server.files()}; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
+    return not errors and not mixed
+
+
+def prepare_checkpoints(folder: Path, stand_ins: str | None) -> None:
+    from cwcompose.checkpoints import TINY_MODEL, fill_with_stand_ins
+    if stand_ins == "tiny":
+        kinds = fill_with_stand_ins(folder, source=None, model=TINY_MODEL)
+    else:
+        kinds = fill_with_stand_ins(folder)  # the shipped ones (checkpoints/ then checkpoints/v1/)
+    for step, kind in kinds.items():
+        print(f"checkpoint {step}: {'shipped' if kind == 'real' else 'untrained tiny stand-in'}")
+
+
+def parse_args(argv=None, description=__doc__) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=5, help="requests per user per pass (compose first)")
+    parser.add_argument("--bars", type=int, default=4, help="bars per compose / continue / compare")
+    parser.add_argument("--duration", type=float, default=None, help="seconds to keep the crowd going")
+    parser.add_argument("--stand-ins", choices=("tiny",), default=None,
+                        help="tiny untrained checkpoints instead of the shipped ones (fast; plumbing only)")
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
 
 
 def main() -> None:
     args = parse_args()
+    if args.serve:
+        serve(args.serve, args.port)
+        return
     work = Path(tempfile.mkdtemp(prefix="cwcompose-load-"))
-    os.environ["GRADIO_TEMP_DIR"] = str(work / "gradio")  # the app's upload/result cache, counted below
-    model = TINY_MODEL if args.stand_ins == "tiny" else None
-    for step, kind in fill_with_stand_ins(work / "ckpt", source=args.checkpoints, model=model).items():
-        print(f"step {step}: " + ("real checkpoint" if kind == "real" else f"untrained {args.stand_ins} stand-in"))
-    demo, studio = launch(work / "ckpt")
+    prepare_checkpoints(work / "checkpoints", args.stand_ins)
+    server = Server(work / "checkpoints", work / "server")
     try:
-        rss_idle = peak_rss_mb()
-        users = make_users(args.users)
-        print(f"{args.users} users x {args.requests} requests, {args.bars} bars each, primers for even users; "
-              f"queue concurrency {studio.limits.concurrency}, torch threads {torch.get_num_threads()}")
-        wall = run_users(users, demo.local_url, args, work / "downloads")
-        passed = report(users, studio, work / "gradio", wall, rss_idle)
-        raise SystemExit(0 if passed else 1)
+        users = make_users(args.users, args.requests, args.bars)
+        print(f"{args.users} users x {args.requests} requests ({args.bars} bars); solo runs first ...")
+        began = time.monotonic()
+        solo_runs(users, server.url, work / "downloads")
+        print(f"solo runs: {time.monotonic() - began:.1f} s; server RSS {server.memory_mb()[0]:.0f} MB. "
+              "Now all at once ...")
+        wall = crowd(users, server.url, work / "downloads", args.duration)
+        passed = report(users, server, wall)
     finally:
-        demo.close()
-        studio.close()
+        server.close()
         shutil.rmtree(work, ignore_errors=True)
+    raise SystemExit(0 if passed else 1)
 
 
 if __name__ == "__main__":
