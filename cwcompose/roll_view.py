@@ -50,6 +50,7 @@ class RollNotes:
     primer: np.ndarray  # bool
     bars: int  # bars the roll spans
     bar_seconds: tuple[float, ...]  # where each bar starts, in seconds (bars + 1 values)
+    piece_bars: int | None = None  # the piece's length in bars (notes may ring on past it), when known
 
     @classmethod
     def from_midi(cls, midi: miditoolkit.MidiFile, primer_end_tick: int = 0, bars: int | None = None,
@@ -60,11 +61,12 @@ class RollNotes:
         start = np.array([n.start for n in notes], dtype=np.int64)
         end = np.array([n.end for n in notes], dtype=np.int64)
         last = int(np.ceil(max(end.max() if len(end) else 0, 1) / ticks_per_bar))
+        piece_bars = bars
         bars = max(bars or 0, last, 1)
         seconds = ticks_to_seconds(np.arange(bars + 1) * ticks_per_bar, midi)
         return cls(start / ticks_per_bar, end / ticks_per_bar, np.array([n.pitch for n in notes], dtype=np.int64),
                    np.array([n.velocity for n in notes], dtype=np.int64), start < primer_end_tick, bars,
-                   tuple(round(float(s), 4) for s in seconds))
+                   tuple(round(float(s), 4) for s in seconds), piece_bars)
 
 
 def roll_html(notes: RollNotes, *, title: str = "", chunks: list[str | Path] = (), stream_id: str = "",
@@ -93,8 +95,9 @@ def roll_html(notes: RollNotes, *, title: str = "", chunks: list[str | Path] = (
             f'data-label="{label}"><title>{label}</title></rect>')
     parts.append(f'<line class="cw-playhead" x1="0" x2="0" y1="0" y2="{height}"/>')
     n_primer = int(notes.primer.sum())
-    legend = (f'<span class="cw-key cw-key-primer">primer ({n_primer} notes)</span>'
-              f'<span class="cw-key cw-key-continuation">new ({len(notes.pitch) - n_primer} notes)</span>')
+    legend = (f'<span class="cw-key cw-key-primer">primer ({n_primer} notes)</span>' if n_primer else "") + \
+        f'<span class="cw-key cw-key-continuation">new ({len(notes.pitch) - n_primer} notes)</span>'
+
     attrs = {"data-bar-seconds": json.dumps(list(notes.bar_seconds)), "data-px-per-bar": px_per_bar,
              "data-bars": notes.bars, "data-notes": len(notes.pitch), "data-stream": stream_id,
              "data-chunks": json.dumps([str(c) for c in chunks]), "data-done": int(done),
@@ -105,8 +108,9 @@ def roll_html(notes: RollNotes, *, title: str = "", chunks: list[str | Path] = (
     tools = "" if compact else play + (
         '<button type="button" class="cw-btn" data-cw="zoom-out" aria-label="Zoom out in time">−</button>'
         '<button type="button" class="cw-btn" data-cw="zoom-in" aria-label="Zoom in in time">+</button>')
-    summary = f"{html.escape(title)} — {notes.bars} bars, {len(notes.pitch)} notes" if title else \
-        f"{notes.bars} bars, {len(notes.pitch)} notes"
+    bars = notes.piece_bars or notes.bars
+    summary = f"{html.escape(title)} — {bars} bars, {len(notes.pitch)} notes" if title else \
+        f"{bars} bars, {len(notes.pitch)} notes"
     return (f'<div class="cw-roll{" cw-compact" if compact else ""}" {attr_text}>'
             f'<div class="cw-roll-tools">{tools}<span class="cw-roll-title">{summary}</span>{legend}'
             f'<span class="cw-hover" aria-live="polite">{"" if compact else "hover a note"}</span></div>'

@@ -149,13 +149,14 @@ def test_missing_checkpoints_are_reported_not_crashed(tmp_path):
 README_EXAMPLE = '''
 from gradio_client import Client
 
-client = Client(URL)
+client = Client("http://127.0.0.1:7860/")    # `make run`; or a Space's name, e.g. Client("user/cwcompose")
 audio, midi, piano_roll, numbers, seed = client.predict(
     checkpoint=28500, bars=8, variations=1, chords="C G Am F", key="C major", key_strength=1.0,
     tempo_bpm=100, temperature_pitch=0.8, api_name="/compose")
 print(audio, midi, seed)                     # local paths of the WAV and the MIDI, and the seed used
 print({row[0]: row[1] for row in numbers["data"]})
 '''
+README_URL = "http://127.0.0.1:7860/"
 
 
 def readme_api_example() -> str | None:
@@ -170,7 +171,7 @@ def test_the_readme_example_runs_as_written(client, capsys):
     if block is None:
         pytest.skip("README.md has no gradio_client example yet")
     assert block.strip() == README_EXAMPLE.strip(), "README's API example and README_EXAMPLE differ"
-    exec(block, {"URL": client.src})  # the README's own text, not the copy here
+    exec(block.replace(README_URL, client.src), {})  # the README's own text, not the copy here
     printed = capsys.readouterr().out.splitlines()
     shown = eval(printed[-1])  # the numbers dict it prints
     assert shown["bars generated"] == "8" and shown["chords"] == "C G Am F" and shown["checkpoint"] == "28500"
