@@ -228,7 +228,7 @@ HEAD_JS = r"""
     if (!s) {
       Object.keys(cw.streams).forEach((k) => cw.streams[k].stop());
       s = cw.streams[id] = { id, next: 0, fetched: [], buffers: [], at: null, samples: 0, sources: [],
-        started: false, scheduled: 0, stopped: false,
+        started: false, scheduled: 0, stopped: false, late: 0,
         stop() { this.stopped = true; this.sources.forEach((x) => { try { x.stop(); } catch (e) {} }); } };
     }
     const chunks = JSON.parse(roll.dataset.chunks || '[]');
@@ -241,6 +241,8 @@ HEAD_JS = r"""
   function schedule(s, buf) {
     const ctx = cw.audioContext();
     if (s.at === null) s.at = ctx.currentTime + 0.05;
+    const late = ctx.currentTime + 0.02 - (s.at + s.samples / buf.sampleRate);
+    if (late > 0) { s.at += late; s.late += 1; }  // composing fell behind playback: pause, never overlap
     const src = ctx.createBufferSource(); src.buffer = buf; src.connect(ctx.destination);
     src.start(s.at + s.samples / buf.sampleRate);
     s.samples += buf.length; s.sources.push(src); s.scheduled = s.samples / buf.sampleRate;
@@ -263,7 +265,7 @@ HEAD_JS = r"""
   cw.replay = (id) => {
     const s = cw.streams[id]; if (!s) return;
     Object.values(cw.streams).forEach((o) => o.stop());
-    s.stopped = false; s.at = null; s.samples = 0; s.scheduled = 0; s.sources = [];
+    s.stopped = false; s.at = null; s.samples = 0; s.scheduled = 0; s.sources = []; s.late = 0;
     s.buffers.forEach((buf) => schedule(s, buf));
   };
   cw.stopAll = () => Object.values(cw.streams).forEach((s) => s.stop());

@@ -175,8 +175,9 @@ def test_generate_is_on_the_first_screen(request, size):
     assert page.locator("#fine-tune").bounding_box()["y"] > page.locator("#chords").bounding_box()["y"]
 
 
-def test_a_locked_16_bar_compose_streams_and_plays(desktop):
-    page = desktop
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_a_locked_16_bar_compose_streams_and_plays(request, size):
+    page = request.getfixturevalue(size)
     fill(page, "bars", 16)
     fill(page, "chords", "C G Am F")
     page.get_by_text("Primer bars and seed").click()
@@ -207,9 +208,10 @@ def test_a_locked_16_bar_compose_streams_and_plays(desktop):
     # Web Audio: every chunk decoded and scheduled back to back (as long as the whole WAV), and playing
     stream = page.evaluate("""() => { const r = document.querySelector('#roll .cw-roll');
       const s = cw.streams[r.dataset.stream];
-      return {chunks: JSON.parse(r.dataset.chunks).length, next: s.next, seconds: s.scheduled,
+      return {chunks: JSON.parse(r.dataset.chunks).length, next: s.next, seconds: s.scheduled, late: s.late,
               state: cw.ctx.state, now: cw.streamTime(s.id)}; }""")
     assert stream["next"] == stream["chunks"] and stream["state"] == "running"
+    assert stream["late"] == 0, "a chunk arrived after its turn to play: a gap in the sound"
     wav_seconds = page.evaluate("""async () => { const a = document.querySelector('#audio a[download]');
       const b = await (await fetch(a.href)).arrayBuffer(); return (b.byteLength - 44) / 4 / 44100; }""")
     assert abs(stream["seconds"] - wav_seconds) < 0.01, (stream, wav_seconds)
