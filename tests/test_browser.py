@@ -173,6 +173,14 @@ def test_generate_is_on_the_first_screen(request, size):
     for button in ("generate", "stop", "undo"):
         assert within_viewport(page, f"#{button}"), f"{button} is not on the first screen at {page.viewport_size}"
     assert page.locator("#fine-tune").bounding_box()["y"] > page.locator("#chords").bounding_box()["y"]
+    # and reachable from the keyboard, in this order, from the top of the page
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    focused = []
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        focused.append(page.evaluate("document.activeElement.id"))
+    reached = [i for i in focused if i in ("generate", "stop", "undo")]
+    assert reached[:3] == ["generate", "stop", "undo"], focused
 
 
 @pytest.mark.parametrize("size", ["desktop", "phone"])
