@@ -214,6 +214,8 @@ def test_a_locked_16_bar_compose_streams_and_plays(request, size):
     assert len(notes) == int(numbers["notes generated"]) and max(n[0] for n in notes) < 16 * TICKS_PER_BAR
 
     # Web Audio: every chunk decoded and scheduled back to back (as long as the whole WAV), and playing
+    page.wait_for_function("""() => { const r = document.querySelector('#roll .cw-roll');
+      return cw.streams[r.dataset.stream].next === JSON.parse(r.dataset.chunks).length; }""", timeout=10_000)
     stream = page.evaluate("""() => { const r = document.querySelector('#roll .cw-roll');
       const s = cw.streams[r.dataset.stream];
       return {chunks: JSON.parse(r.dataset.chunks).length, next: s.next, seconds: s.scheduled, late: s.late,
