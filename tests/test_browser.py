@@ -327,3 +327,20 @@ def test_axe_finds_no_serious_violations(desktop, phone):
             page.wait_for_timeout(200)
             found = axe_violations(page)
             assert found == [], f"{tab} at {page.viewport_size}:\n" + "\n".join(found)
+
+
+def test_presets_and_reset_move_the_sliders(desktop):
+    from cwcompose.sampling import DEFAULT_SAMPLING, PRESETS
+    page = desktop
+    page.get_by_role("tab", name="Compose").click()
+    steady, balanced = PRESETS["steady"].temperature["tempo"], DEFAULT_SAMPLING.temperature["tempo"]
+    assert steady != balanced
+    page.get_by_text("Fine-tune sampling").click()
+    page.locator("#preset input").click()
+    page.get_by_role("option", name="steady").click()
+    slider = "document.querySelector('#temperature-tempo input[type=number]').value"
+    page.wait_for_function(f"() => parseFloat({slider}) === {steady}", timeout=10_000)
+    page.locator("#reset").click()
+    page.wait_for_function(f"() => parseFloat({slider}) === {balanced}", timeout=10_000)
+    found = axe_violations(page)  # the sixteen sliders, open
+    assert found == [], "\n".join(found)
