@@ -95,6 +95,14 @@ class Server:
     def files(self) -> int:
         return sum(1 for p in self.work.rglob("*") if p.is_file())
 
+    def disk(self) -> str:
+        """Files and MB under the server's folders: Gradio's cache of served files, the studio's results."""
+        parts = []
+        for name, folder in (("Gradio cache", self.work / "gradio"), ("results", self.work / "tmp")):
+            files = [p for p in folder.rglob("*") if p.is_file()]
+            parts.append(f"{name} {len(files)} files {sum(p.stat().st_size for p in files) / 2**20:.0f} MB")
+        return ", ".join(parts)
+
     def close(self) -> None:
         self.process.terminate()
         try:
@@ -247,7 +255,7 @@ def report(users: list[User], server: Server, wall: float) -> bool:
             print(f"  {kind:22s} n={len(times):4d}  p50 {statistics.median(times):7.2f} s  "
                   f"p95 {percentile(times, 0.95):7.2f} s  max {max(times):7.2f} s")
     rss, peak = server.memory_mb()
-    print(f"server RSS {rss:.0f} MB, peak {peak:.0f} MB; files under the server's temp folders {server.files()}; "
+    print(f"server RSS {rss:.0f} MB, peak {peak:.0f} MB; on disk: {server.disk()}; "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
     return not errors and not mixed
 

@@ -64,7 +64,7 @@ class Limits:
     max_bars: int = 64  # bars generated per request, at most
     max_music_seconds: float = 300.0  # length of a whole piece (primer + continuation), at most
     request_seconds: float = 120.0  # wall-clock budget of one request; composing stops at a bar line after it
-    queue_size: int = 16  # requests waiting in the queue, at most
+    queue_size: int = 32  # requests waiting in the queue, at most (one per session: 32 people at once get a place)
     concurrency: int = 1  # requests composed at the same time
     kept_results: int = 64  # result folders (MIDI files) kept on disk before the oldest is deleted
     cache_seconds: int = 3600  # uploads and served audio/MIDI copies older than this are deleted (checked as often)

@@ -302,3 +302,18 @@ def test_a_client_that_disconnects_mid_stream_stops_the_work_within_a_bar(checkp
         assert len([t for t in studio.renderer.fed if t > gone]) == len(after), "nothing composed since"
         # the worker is free for the next person at once
         assert client.predict(bars=1, seed=9, random_seed=False, api_name="/compose")[-1] == 9
+
+
+def test_a_closed_session_is_forgotten(checkpoints, monkeypatch):
+    monkeypatch.setenv("GRADIO_HEARTBEAT_INTERVAL", "0.5")  # how soon the server notices (15 s by default)
+    studio = Studio(checkpoints)
+    with served(studio) as (demo, client):
+        visitor = Client(demo.local_url, verbose=False)
+        visitor.predict(bars=1, seed=1, random_seed=False, api_name="/compose")
+        assert visitor.session_hash in demo.state_holder.session_data  # its takes
+        visitor.close()  # the heartbeat ends, as when a tab closes
+        deadline = time.monotonic() + 10
+        while visitor.session_hash in demo.state_holder.session_data and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert visitor.session_hash not in demo.state_holder.session_data
+        assert client.predict(bars=1, seed=2, random_seed=False, api_name="/compose")[-1] == 2
