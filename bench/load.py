@@ -150,12 +150,12 @@ def step(client, user: User, kind: str, i: int, latencies: dict) -> list[bytes]:
         job = client.submit(checkpoint=user.checkpoint, bars=user.bars, seed=seed, random_seed=False,
                             variations=4 if kind == "variations" else 1, api_name="/compose")
         first = None
-        for _ in job:  # the streamed updates (the roll after every bar), then the result
-            if first is None:
+        for update in job:  # "waiting for your turn", then the roll after every bar, then the result
+            if first is None and "composing, bar" in str(update):
                 first = time.perf_counter() - began
         audio, midi, roll, table, got = job.result()
         if kind == "compose" and first is not None:
-            latencies["compose: first update"].append(first)
+            latencies["compose: first bar"].append(first)
         midis = [midi]
     elif kind == "rewind":
         audio, midi, roll, table, got = client.predict(bar=1, seed=seed, random_seed=False, api_name="/rewind")
@@ -248,7 +248,7 @@ def report(users: list[User], server: Server, wall: float) -> bool:
           f"mixed results {len(mixed)}")
     for line in (errors + mixed)[:20]:
         print("   ", line)
-    kinds = [*KINDS, "compose: first update"]
+    kinds = [*KINDS, "compose: first bar"]
     for kind in kinds:
         times = [t for u in users for t in u.latencies.get(kind, [])]
         if times:
