@@ -20,8 +20,9 @@ from cwcompose.locks import Locks
 from cwcompose.render import RenderError
 from cwcompose.roll_view import HEAD, ab_html, empty_roll_html, variations_html
 from cwcompose.sampling import DEFAULT_SAMPLING, FIELD_LABELS, MAX_TEMPERATURE, PRESETS, SamplingConfig
-from cwcompose.studio import (DEFAULT_CHECKPOINT, MAX_SEED, MAX_VARIATIONS, ComposeRequest, History, Limits, Partial,
-                              RequestError, Studio, locks_summary, numbers_table, stream_compose)
+from cwcompose.request import DEFAULT_CHECKPOINT, MAX_SEED, MAX_VARIATIONS, ComposeRequest, Limits, RequestError
+from cwcompose.studio import Partial, Studio, stream_compose
+from cwcompose.takes import History, locks_summary, numbers_table
 from cwcompose.tokenizer import FIELDS, PITCH_CLASSES, MidiReadError
 
 CHECKPOINTS_ENV = "CWCOMPOSE_CHECKPOINTS"
@@ -91,7 +92,17 @@ def sampling_from_sliders(values: dict) -> SamplingConfig:
 
 KEYS = [("none", "")] + [(f"{p} {m}", f"{p} {m}") for m in ("major", "minor") for p in PITCH_CLASSES] + [
     ("from the primer", "from primer")]
-CHECKPOINT_CHOICES = [(f"{s} ({CHECKPOINT_NOTES[s]})", s) for s in SHIPPED_STEPS]
+
+
+def checkpoint_choices(studio: Studio) -> list[tuple[str, int]]:
+    """Dropdown entries: the step, how much the model remembers, and the author's word on it."""
+    def label(step: int) -> str:
+        words = studio.memory_words(step)
+        memory = f" · {words}-word memory" if words else ""
+        return f"{step}{memory} ({CHECKPOINT_NOTES[step]})"
+    return [(label(s), s) for s in SHIPPED_STEPS]
+
+
 NUMBER_HEADERS = ["measure", "value"]
 TAKE_HEADERS = ["take", "checkpoint", "seed", "bars", "locks"]
 EMPTY_NUMBERS = {"headers": NUMBER_HEADERS, "data": [["", ""]]}
@@ -150,7 +161,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         with gr.Tab("Compose", id="compose-tab"):
             with gr.Row(equal_height=False):
                 with gr.Column(scale=2, min_width=320):
-                    controls = compose_controls(limits)
+                    controls = compose_controls(limits, checkpoint_choices(studio))
                 with gr.Column(scale=3, min_width=320, elem_id="compose-result"):
                     result = result_panel()
         with gr.Tab("Compare checkpoints", id="compare-tab"):
@@ -166,14 +177,14 @@ def build_demo(studio: Studio) -> gr.Blocks:
     return demo.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
 
 
-def compose_controls(limits: Limits) -> dict:
+def compose_controls(limits: Limits, checkpoints: list[tuple[str, int]]) -> dict:
     c = {}
     with gr.Row(elem_id="actions"):
         c["generate"] = gr.Button("Generate", variant="primary", elem_id="generate", min_width=90)
         c["stop"] = gr.Button("Stop", variant="stop", elem_id="stop", min_width=70)
         c["undo"] = gr.Button("Undo", elem_id="undo", min_width=70)
     with gr.Row():
-        c["checkpoint"] = gr.Dropdown(CHECKPOINT_CHOICES, value=DEFAULT_CHECKPOINT, label="Checkpoint",
+        c["checkpoint"] = gr.Dropdown(checkpoints, value=DEFAULT_CHECKPOINT, label="Checkpoint",
                                       elem_id="checkpoint", min_width=150)
         c["bars"] = gr.Number(DEFAULT_REQUEST.bars, precision=0, minimum=1, maximum=limits.max_bars, step=1,
                               label=f"Bars (1–{limits.max_bars})", elem_id="bars", min_width=80)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
-import math
+import json
 import secrets
 import shutil
 import tempfile
@@ -33,114 +33,20 @@ from matplotlib.figure import Figure
 from cwcompose import metrics
 from cwcompose.checkpoints import SHIPPED_DIR, SHIPPED_STEPS, CheckpointError, load_checkpoint, shipped_stem
 from cwcompose.generation import BarDone, Composition, compose, iter_compose, primer_words
-from cwcompose.locks import Locks
+from cwcompose.model import ModelConfig
 from cwcompose.pianoroll import RollStyle, note_name, piano_roll
 from cwcompose.render import SOUNDFONT_ENV, Renderer, RenderError, seconds_of, to_pcm16
-from cwcompose.sampling import DEFAULT_SAMPLING, SamplingConfig
+from cwcompose.request import MAX_SEED, ComposeRequest, Limits, RequestError
+from cwcompose.takes import Take, locks_summary
+from cwcompose.turns import StopSignals, Turns
 from cwcompose.words import count_bars
 
-DEFAULT_CHECKPOINT = 28500
-MAX_SEED = 2**32 - 1
-MAX_VARIATIONS = 8
-MIDI_SUFFIXES = (".mid", ".midi")
 OnBar = Callable[[int, int], None]
 COMPARE_ROLL = RollStyle(width_inches=6.0, height_inches=4.5)  # three of these sit side by side
 
 
-class RequestError(ValueError):
-    """A request the service will not run: a value out of range, a primer too large or missing."""
-
-
 class Stopped(Exception):
     """The person asked to stop; the partial result is thrown away."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Every cap the service enforces, in one place."""
-
-    upload_mb: float = 1.0  # largest primer file accepted, in MiB
-    max_primer_bars: int = 32  # "keep the last N bars" of a primer, at most
-    max_bars: int = 64  # bars generated per request, at most
-    max_music_seconds: float = 300.0  # length of a whole piece (primer + continuation), at most
-    request_seconds: float = 120.0  # wall-clock budget of one request; composing stops at a bar line after it
-    queue_size: int = 32  # requests waiting in the queue, at most (one per session: 32 people at once get a place)
-    concurrency: int = 1  # requests composed at the same time
-    kept_results: int = 64  # result folders (MIDI files) kept on disk before the oldest is deleted
-    cache_seconds: int = 3600  # uploads and served audio/MIDI copies older than this are deleted (checked as often)
-
-    def __post_init__(self) -> None:
-        positive = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        bad = [f"{name}={value}" for name, value in positive.items() if not value > 0]
-        if bad:
-            raise ValueError(f"invalid Limits: {', '.join(bad)} (every limit must be positive)")
-
-    @property
-    def upload_bytes(self) -> int:
-        return int(self.upload_mb * 1024 * 1024)
-
-
-def whole_number(name: str, value, low: int, high: int | None = None) -> int:
-    """``value`` as an int in ``low..high``; RequestError naming ``name`` otherwise (16.0 is fine, 16.5 is not)."""
-    allowed = f"from {low} to {high}" if high is not None else f"of at least {low}"
-    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
-            or not math.isfinite(value) or value != int(value) or value < low or (high is not None and value > high)):
-        raise RequestError(f"{name} must be a whole number {allowed}, got {value!r}")
-    return int(value)
-
-
-@dataclass(frozen=True)
-class ComposeRequest:
-    """One composing job. ``seed=None`` asks for a random seed (the one used comes back)."""
-
-    checkpoint: int = DEFAULT_CHECKPOINT
-    primer: str | Path | None = None  # a .mid/.midi file, or None to start from nothing
-    primer_bars: int = 8  # keep this many bars from the end of the primer
-    bars: int = 16  # bars to generate after the primer
-    seed: int | None = None
-    sampling: SamplingConfig = DEFAULT_SAMPLING
-    variations: int = 1  # takes composed together in one batch, 1..MAX_VARIATIONS
-    locks: Locks = Locks()  # chords, key, tempo: what the person fixed
-    primer_words: np.ndarray | None = None  # a take's words as the primer (continue / rewind), else None
-    from_bar: int | None = None  # rewind: keep only the primer's first N bars (then its last primer_bars)
-
-    def __post_init__(self) -> None:
-        if self.checkpoint not in SHIPPED_STEPS or isinstance(self.checkpoint, bool):
-            steps = ", ".join(map(str, SHIPPED_STEPS))
-            raise RequestError(f"checkpoint must be one of {steps}, got {self.checkpoint!r}")
-        set_ = object.__setattr__  # normalise 16.0 -> 16 (the value is unchanged)
-        set_(self, "checkpoint", int(self.checkpoint))
-        set_(self, "primer_bars", whole_number("primer bars to keep", self.primer_bars, 1))
-        set_(self, "bars", whole_number("bars to generate", self.bars, 1))
-        if self.seed is not None:
-            set_(self, "seed", whole_number("seed", self.seed, 0, MAX_SEED))
-        if not isinstance(self.sampling, SamplingConfig):
-            raise RequestError("sampling must be a SamplingConfig")
-        set_(self, "variations", whole_number("variations", self.variations, 1, MAX_VARIATIONS))
-        if self.from_bar is not None:
-            set_(self, "from_bar", whole_number("bars to keep", self.from_bar, 1))
-        if not isinstance(self.locks, Locks):
-            raise RequestError("locks must be a cwcompose.locks.Locks")
-        if self.primer is not None:
-            set_(self, "primer", Path(self.primer))
-            if self.primer.suffix.lower() not in MIDI_SUFFIXES:
-                raise RequestError(f"the primer {self.primer.name!r} is not a MIDI file: upload a .mid or .midi file")
-
-    def check(self, limits: Limits) -> None:
-        """RequestError naming the cap and the fix when the request exceeds ``limits``."""
-        if self.bars > limits.max_bars:
-            raise RequestError(f"bars to generate must be from 1 to {limits.max_bars}, got {self.bars}; "
-                             "generate fewer bars, or continue from the result to go longer")
-        if self.primer_bars > limits.max_primer_bars and self.primer_words is None:
-            raise RequestError(f"primer bars to keep must be from 1 to {limits.max_primer_bars}, "
-                               f"got {self.primer_bars}")
-        if self.primer is not None:
-            if not self.primer.is_file():
-                raise RequestError(f"the primer file {self.primer.name!r} was not received; upload it again")
-            size = self.primer.stat().st_size
-            if size > limits.upload_bytes:
-                raise RequestError(f"the primer is {size / 2**20:.1f} MB; the limit is {limits.upload_mb:g} MB. "
-                                 "Upload a shorter MIDI file (only its last bars are used anyway)")
 
 
 @dataclass
@@ -185,153 +91,6 @@ def comparison_rows(results: dict[int, "ComposeResult | str"]) -> list[list[str]
             for name in names if name != "checkpoint"]
 
 
-class StopSignals:
-    """A stop flag per caller (e.g. per browser session), so a Stop click ends that caller's work."""
-
-    def __init__(self):
-        self._events: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-
-    def start(self, key: str) -> threading.Event:
-        with self._lock:
-            self._events[key] = threading.Event()
-            return self._events[key]
-
-    def stop(self, key: str) -> None:
-        with self._lock:
-            if key in self._events:
-                self._events[key].set()
-
-    def finish(self, key: str, event: threading.Event) -> None:
-        with self._lock:
-            if self._events.get(key) is event:
-                del self._events[key]
-
-
-class QueueFull(RequestError):
-    """Too many requests are waiting; the person should try again shortly."""
-
-
-class Replaced(RequestError):
-    """A newer request from the same session took this waiting request's place."""
-
-
-REPLACED = ("This request was replaced by a newer one from the same session, which runs in its place. "
-            "Press Generate once and wait for it (Stop ends it early).")
-WITHDRAWN = "Stopped before its turn came: nothing was composed. Press Generate to ask again."
-
-
-class Ticket:
-    """One request's place in :class:`Turns`: waiting, then running, then gone (``leave``)."""
-
-    def __init__(self, turns: "Turns", session: str):
-        self.turns, self.session = turns, session
-        self.running = False
-        self.replaced = False
-        self.reason = REPLACED
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """True once it is this request's turn, False after ``timeout`` seconds of waiting;
-        :class:`Replaced` if a newer request of the same session took its place."""
-        with self.turns._cond:
-            self.turns._cond.wait_for(lambda: self.running or self.replaced, timeout)
-            if self.replaced:
-                raise Replaced(self.reason)
-            return self.running
-
-    @property
-    def ahead(self) -> int:
-        """Requests that run before this one (the ones composing and those waiting ahead of it)."""
-        with self.turns._cond:
-            if self.running or self.replaced:
-                return 0
-            return len(self.turns._running) + self.turns._waiting.index(self)
-
-    def leave(self) -> None:
-        self.turns._leave(self)
-
-
-class Turns:
-    """Who composes next, fairly across sessions (browser tabs or API clients).
-
-    At most ``at_once`` requests compose at the same time; the others wait first come, first
-    served. A session holds at most two requests, one composing and one waiting: a newer
-    request from a session that already has one waiting takes its place at the back of the
-    line, and the older one ends with :class:`Replaced` (clicking Generate five times while
-    composing runs the last click only, and never pushes anyone else back). With at most one
-    waiting request per session, a request waits at most for the requests running and one
-    request of each session ahead of it. At most ``max_waiting`` requests wait in all
-    (:class:`QueueFull` after that). ``started`` counts the requests run per session.
-    """
-
-    def __init__(self, at_once: int = 1, max_waiting: int = 16):
-        self.at_once, self.max_waiting = at_once, max_waiting
-        self._cond = threading.Condition()
-        self._running: list[Ticket] = []
-        self._waiting: list[Ticket] = []
-        self.started: dict[str, int] = {}  # session -> requests that got their turn
-        self.replaced: dict[str, int] = {}  # session -> waiting requests replaced by a newer one
-        self.most_held: dict[str, int] = {}  # session -> most requests it held at once (running + waiting)
-        self.order: deque[str] = deque(maxlen=1000)  # the sessions of the latest requests run, in order
-
-    def join(self, session: str) -> Ticket:
-        """A place in line for ``session`` (possibly running at once: see ``Ticket.wait``)."""
-        ticket = Ticket(self, session)
-        with self._cond:
-            older = [t for t in self._waiting if t.session == session]
-            for t in older:
-                t.replaced = True
-                self._waiting.remove(t)
-                self.replaced[session] = self.replaced.get(session, 0) + 1
-            if len(self._waiting) >= self.max_waiting:
-                raise QueueFull(f"The server is busy: {len(self._waiting)} requests are waiting already. "
-                                "Try again in a minute.")
-            self._waiting.append(ticket)
-            held = sum(t.session == session for t in (*self._running, *self._waiting))
-            self.most_held[session] = max(self.most_held.get(session, 0), held)
-            self._promote()
-        return ticket
-
-    @contextmanager
-    def turn(self, session: str) -> Iterator[Ticket]:
-        """``join`` and, whatever happens, ``leave``: ``with turns.turn(key) as t: t.wait(); work()``."""
-        ticket = self.join(session)
-        try:
-            yield ticket
-        finally:
-            ticket.leave()
-
-    def drop_waiting(self, session: str) -> None:
-        """Withdraw ``session``'s waiting request (Stop pressed): it ends with :class:`Replaced`."""
-        with self._cond:
-            for t in [t for t in self._waiting if t.session == session]:
-                t.replaced, t.reason = True, WITHDRAWN
-                self._waiting.remove(t)
-            self._cond.notify_all()
-
-    def _leave(self, ticket: Ticket) -> None:
-        with self._cond:
-            if ticket in self._running:
-                self._running.remove(ticket)
-            elif ticket in self._waiting:
-                self._waiting.remove(ticket)
-            self._promote()
-
-    def _promote(self) -> None:
-        while self._waiting and len(self._running) < self.at_once:
-            ticket = self._waiting.pop(0)
-            ticket.running = True
-            self._running.append(ticket)
-            self.started[ticket.session] = self.started.get(ticket.session, 0) + 1
-            self.order.append(ticket.session)
-        self._cond.notify_all()
-
-    def snapshot(self) -> dict:
-        """{"running": [sessions], "waiting": [sessions]}, in order."""
-        with self._cond:
-            return {"running": [t.session for t in self._running], "waiting": [t.session for t in self._waiting]}
-
-
 class Studio:
     """Composes requests with cached checkpoints and renders the results."""
 
@@ -364,6 +123,14 @@ class Studio:
         """Shipped steps whose weights and config are both present."""
         return [s for s in SHIPPED_STEPS if self.checkpoint_stem(s).with_suffix(".safetensors").is_file()
                 and self.checkpoint_stem(s).with_suffix(".json").is_file()]
+
+    def memory_words(self, step: int) -> int | None:
+        """How many words a checkpoint's model sees (its context), from its JSON; None if unreadable."""
+        try:
+            info = json.loads(self.checkpoint_stem(step).with_suffix(".json").read_text())
+            return ModelConfig.from_dict(info["model"]).context
+        except (OSError, KeyError, TypeError, ValueError):
+            return None
 
     def missing_checkpoint_message(self, step: int) -> str:
         have = ", ".join(map(str, self.available_checkpoints())) or "none"
@@ -543,104 +310,7 @@ class Studio:
         self.renderer.close()
 
 
-# ---------------------------------------------------------------- streaming, takes and variations
-
-
-@dataclass
-class Take:
-    """One result in a session's history: the piece and everything needed to hear, download,
-    continue or rewind it."""
-
-    checkpoint: int
-    seed: int
-    request: ComposeRequest  # the settings and locks it was composed with
-    composition: Composition
-    midi_path: Path
-    audio_path: Path
-    numbers: dict
-    roll: str  # piano-roll HTML
-    label: str = ""
-
-    @property
-    def bars(self) -> int:
-        return self.composition.primer_bars + self.composition.bars
-
-    def words_up_to_bar(self, bars: int) -> np.ndarray:
-        """The words of this take's first ``bars`` bars (primer included)."""
-        words = self.composition.words
-        starts = np.cumsum(bar_increments(words))  # bars begun up to and including each word
-        return words[starts <= bars] if bars < self.bars else words
-
-    @property
-    def roll_small(self) -> str:
-        """A compact roll, for variations side by side."""
-        from cwcompose.roll_view import RollNotes, roll_html
-        notes = RollNotes.from_midi(self.composition.midi, self.composition.primer_end_tick, bars=self.bars)
-        return roll_html(notes, compact=True, px_per_bar=18)
-
-    @property
-    def roll_static(self) -> str:
-        """The full-size roll without its audio stream (for views with their own players)."""
-        from cwcompose.roll_view import RollNotes, roll_html
-        notes = RollNotes.from_midi(self.composition.midi, self.composition.primer_end_tick, bars=self.bars)
-        return roll_html(notes, title=f"checkpoint {self.checkpoint}, seed {self.seed}")
-
-    def describe(self) -> str:
-        locks = ", ".join(f"{k} {v}" for k, v in locks_summary(self.request.locks).items()) or "no locks"
-        return f"{self.label}: checkpoint {self.checkpoint}, seed {self.seed}, {self.bars} bars, {locks}"
-
-
-@dataclass
-class History:
-    """A session's takes, newest last, at most ``limit`` (the oldest are dropped). One per
-    browser session (``gr.State``), so users never share one."""
-
-    takes: list[Take] = dataclasses.field(default_factory=list)
-    variations: list[Take] = dataclasses.field(default_factory=list)  # the last click's alternatives
-    limit: int = 20
-    counter: int = 0
-
-    def add(self, take: Take, variations: list[Take] = ()) -> None:
-        self.counter += 1
-        take.label = take.label or f"take {self.counter}"
-        self.takes.append(take)
-        del self.takes[:-self.limit]
-        self.variations = list(variations)
-
-    def undo(self) -> Take | None:
-        self.variations = []
-        return self.takes.pop() if self.takes else None
-
-    def keep(self, index: int) -> Take:
-        """Make variation ``index`` (0-based) the current take."""
-        if not 0 <= index < len(self.variations):
-            raise RequestError(f"there is no variation {index + 1}; this click made {len(self.variations)}")
-        take = self.variations[index]
-        if self.takes and self.takes[-1] in self.variations:
-            self.takes[-1] = take
-        else:
-            self.takes.append(take)
-        return take
-
-    @property
-    def current(self) -> Take | None:
-        return self.takes[-1] if self.takes else None
-
-
-def locks_summary(locks: Locks) -> dict:
-    out = {}
-    if locks.chords:
-        out["chords"] = locks.chords
-    if locks.key:
-        out["key"] = f"{locks.key} (strength {locks.key_strength:g})"
-    if locks.tempo_bpm:
-        out["tempo"] = f"{locks.tempo_bpm:g} BPM"
-    return out
-
-
-def numbers_table(numbers: dict) -> list[list[str]]:
-    """A result's numbers as two-column rows for a small table."""
-    return [[name, str(value)] for name, value in numbers.items()]
+# ---------------------------------------------------------------- streaming and variations
 
 
 @dataclass

@@ -18,7 +18,8 @@ from cwcompose.checkpoints import SHIPPED_STEPS, load_checkpoint
 from cwcompose.generation import compose
 from cwcompose.render import RenderConfig, Renderer
 from cwcompose.sampling import DEFAULT_SAMPLING
-from cwcompose.studio import ComposeRequest, Limits, Partial, RequestError, Studio, stream_compose
+from cwcompose.request import ComposeRequest, Limits, RequestError
+from cwcompose.studio import Partial, Studio, stream_compose
 
 TICKS_PER_BAR = 4 * 480
 

@@ -15,7 +15,8 @@ from gradio_client.exceptions import AppError
 import app
 from app_harness import make_tiny_checkpoints
 from cwcompose.render import Renderer, StreamRenderer
-from cwcompose.studio import Limits, Studio
+from cwcompose.request import Limits
+from cwcompose.studio import Studio
 
 
 class PausableRenderer(Renderer):

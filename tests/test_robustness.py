@@ -24,7 +24,8 @@ from gradio_client.exceptions import AppError
 
 from cwcompose.generation import count_bars, primer_words
 from cwcompose.midi_file import MAX_FILE_BYTES, read_midi
-from cwcompose.studio import ComposeRequest, Limits, RequestError, Studio
+from cwcompose.request import ComposeRequest, Limits, RequestError
+from cwcompose.studio import Studio
 from cwcompose.tokenizer import CPTokenizer, MidiReadError
 from odd_midi import OddMidi, catalogue, huge_upload, message_faults, piano_file
 import app as app_module

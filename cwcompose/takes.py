@@ -1,0 +1,111 @@
+"""A session's takes: each result with what is needed to hear, download, continue or
+rewind it, and the bounded history that Undo and Keep work on (one per browser session)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cwcompose.generation import Composition, bar_increments
+from cwcompose.locks import Locks
+from cwcompose.request import ComposeRequest, RequestError
+
+
+@dataclass
+class Take:
+    """One result in a session's history: the piece and everything needed to hear, download,
+    continue or rewind it."""
+
+    checkpoint: int
+    seed: int
+    request: ComposeRequest  # the settings and locks it was composed with
+    composition: Composition
+    midi_path: Path
+    audio_path: Path
+    numbers: dict
+    roll: str  # piano-roll HTML
+    label: str = ""
+
+    @property
+    def bars(self) -> int:
+        return self.composition.primer_bars + self.composition.bars
+
+    def words_up_to_bar(self, bars: int) -> np.ndarray:
+        """The words of this take's first ``bars`` bars (primer included)."""
+        words = self.composition.words
+        starts = np.cumsum(bar_increments(words))  # bars begun up to and including each word
+        return words[starts <= bars] if bars < self.bars else words
+
+    @property
+    def roll_small(self) -> str:
+        """A compact roll, for variations side by side."""
+        from cwcompose.roll_view import RollNotes, roll_html
+        notes = RollNotes.from_midi(self.composition.midi, self.composition.primer_end_tick, bars=self.bars)
+        return roll_html(notes, compact=True, px_per_bar=18)
+
+    @property
+    def roll_static(self) -> str:
+        """The full-size roll without its audio stream (for views with their own players)."""
+        from cwcompose.roll_view import RollNotes, roll_html
+        notes = RollNotes.from_midi(self.composition.midi, self.composition.primer_end_tick, bars=self.bars)
+        return roll_html(notes, title=f"checkpoint {self.checkpoint}, seed {self.seed}")
+
+    def describe(self) -> str:
+        locks = ", ".join(f"{k} {v}" for k, v in locks_summary(self.request.locks).items()) or "no locks"
+        return f"{self.label}: checkpoint {self.checkpoint}, seed {self.seed}, {self.bars} bars, {locks}"
+
+
+@dataclass
+class History:
+    """A session's takes, newest last, at most ``limit`` (the oldest are dropped). One per
+    browser session (``gr.State``), so users never share one."""
+
+    takes: list[Take] = dataclasses.field(default_factory=list)
+    variations: list[Take] = dataclasses.field(default_factory=list)  # the last click's alternatives
+    limit: int = 20
+    counter: int = 0
+
+    def add(self, take: Take, variations: list[Take] = ()) -> None:
+        self.counter += 1
+        take.label = take.label or f"take {self.counter}"
+        self.takes.append(take)
+        del self.takes[:-self.limit]
+        self.variations = list(variations)
+
+    def undo(self) -> Take | None:
+        self.variations = []
+        return self.takes.pop() if self.takes else None
+
+    def keep(self, index: int) -> Take:
+        """Make variation ``index`` (0-based) the current take."""
+        if not 0 <= index < len(self.variations):
+            raise RequestError(f"there is no variation {index + 1}; this click made {len(self.variations)}")
+        take = self.variations[index]
+        if self.takes and self.takes[-1] in self.variations:
+            self.takes[-1] = take
+        else:
+            self.takes.append(take)
+        return take
+
+    @property
+    def current(self) -> Take | None:
+        return self.takes[-1] if self.takes else None
+
+
+def locks_summary(locks: Locks) -> dict:
+    out = {}
+    if locks.chords:
+        out["chords"] = locks.chords
+    if locks.key:
+        out["key"] = f"{locks.key} (strength {locks.key_strength:g})"
+    if locks.tempo_bpm:
+        out["tempo"] = f"{locks.tempo_bpm:g} BPM"
+    return out
+
+
+def numbers_table(numbers: dict) -> list[list[str]]:
+    """A result's numbers as two-column rows for a small table."""
+    return [[name, str(value)] for name, value in numbers.items()]
