@@ -15,6 +15,7 @@ field that some row needs, each through the processor pipeline (see
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, fields
@@ -109,7 +110,7 @@ class Decoder:
                         self._row_heads, model.norm.weight.detach(), model.norm.bias.detach())
         self._weights = tuple(tuple(getattr(w, f.name) for f in fields(StepWeights) if not f.name.startswith("eps"))
                               for w in self.layers)
-        self.compiled = compile
+        self.pure_step = compiled_step() if compile else None  # None: the eager step, writing the cache itself
         self._layer_rows = torch.arange(cfg.n_layers, device=p.device)[:, None] * self.kv[0].numel() // self.head_dim
 
     # ------------------------------------------------------------ windows
@@ -167,8 +168,8 @@ class Decoder:
         self._max_words += 1  # an upper bound of n_words, known without a host sync
         self._reserve(self._max_words + 1)
         self.history[self._rows, self.n_words] = word
-        if self.compiled:
-            h, rows = compiled_step()(word, self.lengths, self.kv, self._tables, self._weights, self._max_distance)
+        if self.pure_step is not None:
+            h, rows = self.pure_step(word, self.lengths, self.kv, self._tables, self._weights, self._max_distance)
             flat = (self._layer_rows + (self._row_heads + self.lengths.clamp(max=self.capacity - 1)[:, None]).flatten())
             self.kv.view(-1, self.head_dim).index_copy_(0, flat.flatten(), rows.reshape(-1, self.head_dim))
         else:
@@ -179,6 +180,23 @@ class Decoder:
         return h
 
 
+def step_inputs(word: torch.Tensor, lengths: torch.Tensor, kv: torch.Tensor, tables: tuple, max_distance: int,
+                see_slot: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What both steps start from: the new word's embedding x (B, d), each row's cache
+    slot (B,), the relative-distance index (B, H, 1, capacity) and the key mask
+    (B, 1, 1, capacity), -inf past the slot (and at it unless ``see_slot``: the pure step
+    attends to the new key on its own)."""
+    embed_table, embed_offsets, embed_bias, arange = tables[:4]
+    b, heads, cap = word.size(0), kv.size(3), kv.size(4)
+    x = embed_table[word + embed_offsets].sum(1) + embed_bias
+    slot = lengths.clamp(max=cap - 1)
+    distance = (slot[:, None] - arange).clamp(0, max_distance - 1)
+    gather = distance[:, None, None, :].expand(b, heads, 1, cap)
+    hidden = arange > slot[:, None] if see_slot else arange >= slot[:, None]
+    mask = torch.zeros((b, 1, 1, cap), device=x.device, dtype=x.dtype).masked_fill(hidden[:, None, None, :], float("-inf"))
+    return x, slot, gather, mask
+
+
 def decode_step(word: torch.Tensor, lengths: torch.Tensor, kv: torch.Tensor, tables: tuple, weights: tuple,
                 max_distance: int, manual_attention: bool) -> torch.Tensor:
     """The model's step for one new word per row, a pure function of tensors (but for
@@ -186,16 +204,10 @@ def decode_step(word: torch.Tensor, lengths: torch.Tensor, kv: torch.Tensor, tab
     each row's slot ``min(lengths, capacity - 1)``): word (B, fields) -> h (B, d).
     ``tables`` and ``weights`` are laid out by :class:`Decoder`; compiled as it is by
     ``Decoder(..., compile=True)``."""
-    embed_table, embed_offsets, embed_bias, arange, row_heads, norm_w, norm_b = tables
-    b, cap, hd = word.size(0), kv.size(4), kv.size(5)
-    heads = kv.size(3)
+    row_heads, norm_w, norm_b = tables[4:]
+    b, heads, hd = word.size(0), kv.size(3), kv.size(5)
     d = heads * hd
-    x = embed_table[word + embed_offsets].sum(1) + embed_bias
-    slot = lengths.clamp(max=cap - 1)
-    distance = (slot[:, None] - arange).clamp(0, max_distance - 1)
-    gather = distance[:, None, None, :].expand(b, heads, 1, cap)
-    mask = torch.zeros((b, 1, 1, cap), device=x.device, dtype=x.dtype).masked_fill(
-        (arange > slot[:, None])[:, None, None, :], float("-inf"))
+    x, slot, gather, mask = step_inputs(word, lengths, kv, tables, max_distance, see_slot=True)
     flat = (row_heads + slot[:, None]).flatten()
     scale = 1.0 / math.sqrt(hd)
     for layer, (n1w, n1b, qkv_t, qkv_b, rel_t, out_t, out_b, n2w, n2b, up_t, up_b, down_t, down_b) in enumerate(weights):
@@ -223,16 +235,10 @@ def decode_step_pure(word: torch.Tensor, lengths: torch.Tensor, kv: torch.Tensor
     """:func:`decode_step` without writing ``kv``: the new word's key and value enter
     the attention on their own, and come back as (layers, B, 2 * d) rows for the caller
     to write (a compiled graph that mutates a large input may copy all of it)."""
-    embed_table, embed_offsets, embed_bias, arange, row_heads, norm_w, norm_b = tables
-    b, cap, hd = word.size(0), kv.size(4), kv.size(5)
-    heads = kv.size(3)
+    norm_w, norm_b = tables[5:]
+    b, heads, cap, hd = word.size(0), kv.size(3), kv.size(4), kv.size(5)
     d = heads * hd
-    x = embed_table[word + embed_offsets].sum(1) + embed_bias
-    slot = lengths.clamp(max=cap - 1)
-    distance = (slot[:, None] - arange).clamp(0, max_distance - 1)
-    gather = distance[:, None, None, :].expand(b, heads, 1, cap)
-    mask = torch.zeros((b, 1, 1, cap), device=x.device, dtype=x.dtype).masked_fill(
-        (arange >= slot[:, None])[:, None, None, :], float("-inf"))
+    x, _, gather, mask = step_inputs(word, lengths, kv, tables, max_distance, see_slot=False)
     scale = 1.0 / math.sqrt(hd)
     rows = []
     for layer, (n1w, n1b, qkv_t, qkv_b, rel_t, out_t, out_b, n2w, n2b, up_t, up_b, down_t, down_b) in enumerate(weights):
@@ -255,17 +261,13 @@ def decode_step_pure(word: torch.Tensor, lengths: torch.Tensor, kv: torch.Tensor
     return F.layer_norm(x, (d,), norm_w, norm_b, 1e-5), torch.stack(rows)
 
 
-_COMPILED = []
-
-
+@functools.cache
 def compiled_step():
     """:func:`decode_step` through ``torch.compile`` (static shapes; one compiled graph
     per batch size and capacity, shared by every Decoder of the process). The first
     step of each shape compiles (tens of seconds on this CPU): warm it off the request
     path (:func:`warm_up`)."""
-    if not _COMPILED:
-        _COMPILED.append(torch.compile(decode_step_pure, dynamic=False, fullgraph=True))
-    return _COMPILED[0]
+    return torch.compile(decode_step_pure, dynamic=False, fullgraph=True)
 
 
 def warm_up(model: CPTransformer, batches: tuple[int, ...] = (1,)) -> float:

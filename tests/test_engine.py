@@ -10,20 +10,12 @@ import torch
 from cwcompose.decoder import Decoder, window_start
 from cwcompose.generation import BarDone, Done, compose, compose_variations, first_bars, iter_compose
 from cwcompose.grammar import MAX_NOTES_PER_ONSET
-from cwcompose.model import CPTransformer, ModelConfig
 from cwcompose.sampling import SamplingConfig
 from cwcompose.tokenizer import FIELDS, CPTokenizer
+from tiny_models import tiny_model
 from cwcompose.words import COL, KIND_BAR, KIND_NOTE, KIND_POS, KIND_REST, POS0, TEMPO0, read_words
 
 WILD = SamplingConfig(temperature={f: 5.0 for f in FIELDS}, top_p={f: 1.0 for f in FIELDS})
-
-
-def tiny_model(context: int = 64, max_relative_distance: int = 48, seed: int = 0) -> tuple[CPTransformer, CPTokenizer]:
-    tokenizer = CPTokenizer()
-    torch.manual_seed(seed)
-    config = ModelConfig(vocab_sizes=tokenizer.vocab_sizes, d_model=32, n_layers=2, n_heads=2, d_ff=64,
-                         dropout=0.0, max_relative_distance=max_relative_distance, context=context)
-    return CPTransformer(config).eval(), tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -205,19 +197,14 @@ def test_pure_step_used_by_the_compiled_path_equals_the_step(tiny):
     runs = []
     for pure in (False, True):
         decoder = Decoder(model, batch=2)
-        decoder.compiled = pure
+        decoder.pure_step = decoder_module.decode_step_pure if pure else None  # uncompiled: the same function
         hs = []
-        saved = list(decoder_module._COMPILED)
-        decoder_module._COMPILED[:] = [decoder_module.decode_step_pure]  # uncompiled: the same function
-        try:
-            with torch.inference_mode():
-                decoder.prefill(pieces[0][:1])
-                keep = torch.ones(2, dtype=torch.bool)
-                for t in range(1, 200):
-                    decoder.slide(decoder.full_rows(decoder.lengths.tolist(), [False, False]))
-                    hs.append(decoder.step(torch.as_tensor(np.stack([pieces[0][t], pieces[1][t]])), keep))
-        finally:
-            decoder_module._COMPILED[:] = saved
+        with torch.inference_mode():
+            decoder.prefill(pieces[0][:1])
+            keep = torch.ones(2, dtype=torch.bool)
+            for t in range(1, 200):
+                decoder.slide(decoder.full_rows(decoder.lengths.tolist(), [False, False]))
+                hs.append(decoder.step(torch.as_tensor(np.stack([pieces[0][t], pieces[1][t]])), keep))
         runs.append((torch.stack(hs), decoder.kv.clone()))
     assert (runs[0][0] - runs[1][0]).abs().max() < 1e-5
     assert (runs[0][1] - runs[1][1]).abs().max() < 1e-5

@@ -5,22 +5,13 @@ from __future__ import annotations
 import miditoolkit
 import numpy as np
 import pytest
-import torch
 
 from cwcompose.checkpoints import save_checkpoint
 from cwcompose.cli import main as cli_main
 from cwcompose.generation import COL, compose, count_bars, primer_words
-from cwcompose.model import CPTransformer, ModelConfig
 from cwcompose.sampling import DEFAULT_SAMPLING, SamplingConfig
-from cwcompose.tokenizer import FIELDS, CPTokenizer
-
-
-def tiny_model(max_relative_distance: int = 64, seed: int = 0, context: int = 64) -> tuple[CPTransformer, CPTokenizer]:
-    tokenizer = CPTokenizer()
-    torch.manual_seed(seed)
-    config = ModelConfig(vocab_sizes=tokenizer.vocab_sizes, d_model=32, n_layers=2, n_heads=2, d_ff=64,
-                         dropout=0.0, max_relative_distance=max_relative_distance, context=context)
-    return CPTransformer(config).eval(), tokenizer
+from cwcompose.tokenizer import CPTokenizer
+from tiny_models import tiny_model
 
 
 @pytest.fixture(scope="module")
