@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cwcompose.evaluation import CONDITIONS, generations_paragraph, verdict
-from cwcompose.metrics import (
-    CLOSE_REPEAT_JACCARD, COHERENCE_LABELS, LONG_FORM_LABELS, METRIC_LABELS, REPEAT_LOOKBACK, VARIETY_LABELS,
-)
+from cwcompose.evaluation import CONDITIONS
+from cwcompose.verdicts import generations_paragraph, verdict
+from cwcompose.coherence import CLOSE_REPEAT_JACCARD, COHERENCE_LABELS, LONG_FORM_LABELS, REPEAT_LOOKBACK
+from cwcompose.metrics import METRIC_LABELS, VARIETY_LABELS
 from cwcompose.tokenizer import FIELDS
 
 # ---------------------------------------------------------------- report

@@ -7,9 +7,8 @@ import math
 import re
 import shutil
 
-import pytest
 
-from cwcompose.evaluation import generation_pairs, pair_sentence
+from cwcompose.verdicts import generation_pairs, pair_sentence
 
 
 def stat(mean: float, sem: float = 0.001) -> dict:

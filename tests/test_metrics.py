@@ -11,10 +11,7 @@ import pytest
 import torch
 
 from cwcompose.metrics import (
-    METRIC_LABELS, build_span_index, copy_share, estimate_key, excerpt, grid_notes_from_midi,
-    grid_notes_from_score, grid_notes_from_words, groove_similarity, longest_repeated_run, make_grid_notes,
-    mean_pairwise_distance, note_density, onset_position_histogram, out_of_key_ratio, piece_metrics,
-    pitch_class_entropy, pitch_class_histogram, pitch_range, polyphony, repetition_share, variety,
+    METRIC_LABELS, build_span_index, copy_share, estimate_key, excerpt, grid_notes_from_midi, grid_notes_from_score, grid_notes_from_words, groove_similarity, longest_repeated_run, make_grid_notes, mean_pairwise_distance, note_density, onset_position_histogram, out_of_key_ratio, piece_metrics, pitch_class_entropy, pitch_class_histogram, pitch_range, polyphony, repetition_share, variety,
 )
 from cwcompose.tokenizer import (
     BAR, FAMILY_METRIC, FAMILY_NOTE, FIELDS, IGNORE, POS0, VALUE0, CPTokenizer, Score, ScoreNote, TokenizerConfig,
@@ -295,7 +292,7 @@ def test_lowest_validation_finds_the_minimum_and_skips_unvalidated_fields():
 
 
 def test_compare_needs_two_standard_errors_in_the_stated_direction():
-    from cwcompose.evaluation import compare
+    from cwcompose.verdicts import compare
 
     def stat(mean):
         return {"mean": mean, "sem": 1.0}
@@ -307,7 +304,7 @@ def test_compare_needs_two_standard_errors_in_the_stated_direction():
 
 
 def test_verdict_follows_the_numbers():
-    from cwcompose.evaluation import verdict
+    from cwcompose.verdicts import verdict
 
     reference = {"h1": 2.1, "h4": 2.6, "groove_similarity": 0.9, "out_of_key": 0.03, "note_density": 15.0,
                  "polyphony": 4.0, "pitch_range": 40.0, "repetition": 0.1, "longest_repeat": 1.0, "copying": 0.0}
@@ -353,7 +350,7 @@ def test_verdict_follows_the_numbers():
 
 
 def test_jaccard_known_values():
-    from cwcompose.metrics import jaccard
+    from cwcompose.coherence import jaccard
 
     assert jaccard(frozenset({1, 2, 3}), frozenset({2, 3, 4})) == 0.5
     assert jaccard(frozenset({1}), frozenset({1})) == 1.0
@@ -361,7 +358,7 @@ def test_jaccard_known_values():
 
 
 def test_a_repeated_four_bar_phrase_closely_and_exactly_repeats_in_every_repeat():
-    from cwcompose.metrics import close_repeat_share, close_repeats, exact_repeat_share, exact_repeats
+    from cwcompose.coherence import close_repeat_share, close_repeats, exact_repeat_share, exact_repeats
 
     phrase = distinct_bars(4)
     notes = piece(*phrase, *phrase, *phrase)
@@ -374,7 +371,7 @@ def test_a_repeated_four_bar_phrase_closely_and_exactly_repeats_in_every_repeat(
 
 
 def test_close_repeats_ignore_octave_and_small_changes_but_not_transposition_or_far_bars():
-    from cwcompose.metrics import close_repeat_share, close_repeats, exact_repeats
+    from cwcompose.coherence import close_repeat_share, close_repeats, exact_repeats
 
     bar = melody(C_MAJOR_SCALE)  # 8 onsets
     varied = bar[:-1] + [(28, 74, 4)]  # one note of eight changed: Jaccard 7/9
@@ -390,7 +387,7 @@ def test_close_repeats_ignore_octave_and_small_changes_but_not_transposition_or_
 
 
 def test_key_adherence_against_the_primer_key():
-    from cwcompose.metrics import coherence_metrics, same_key
+    from cwcompose.coherence import coherence_metrics, same_key
 
     scale = melody(C_MAJOR_SCALE)
     c_major = piece(scale)
@@ -406,7 +403,7 @@ def test_key_adherence_against_the_primer_key():
 
 
 def test_coherence_metrics_count_repeats_of_the_primer_and_relative_density():
-    from cwcompose.metrics import coherence_metrics
+    from cwcompose.coherence import coherence_metrics
 
     phrase = distinct_bars(2)
     dense = [melody(C_MAJOR_SCALE)] * 2  # 8 notes a bar against the phrase's 4
@@ -421,7 +418,7 @@ def test_coherence_metrics_count_repeats_of_the_primer_and_relative_density():
 
 
 def test_long_form_chunks_measure_drift_dead_bars_and_loops_per_chunk():
-    from cwcompose.metrics import long_form_chunks
+    from cwcompose.coherence import long_form_chunks
 
     scale = melody(C_MAJOR_SCALE)
     f_sharp = [(pos, pitch + 6, dur) for pos, pitch, dur in scale]
