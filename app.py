@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
+import threading
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -18,10 +20,10 @@ import torch
 from cwcompose.checkpoints import SHIPPED_STEPS, CheckpointError
 from cwcompose.locks import Locks
 from cwcompose.render import RenderError
+from cwcompose.request import DEFAULT_CHECKPOINT, MAX_SEED, MAX_VARIATIONS, ComposeRequest, Limits, RequestError
 from cwcompose.roll_view import HEAD, ab_html, empty_roll_html, variations_html
 from cwcompose.sampling import DEFAULT_SAMPLING, FIELD_LABELS, MAX_TEMPERATURE, PRESETS, SamplingConfig
-from cwcompose.request import DEFAULT_CHECKPOINT, MAX_SEED, MAX_VARIATIONS, ComposeRequest, Limits, RequestError
-from cwcompose.studio import Partial, Studio, stream_compose
+from cwcompose.studio import Partial, Studio, prune_old_files, stream_compose
 from cwcompose.takes import History, locks_summary, numbers_table
 from cwcompose.tokenizer import FIELDS, PITCH_CLASSES, MidiReadError
 
@@ -517,7 +519,23 @@ def launch(studio: Studio, **options) -> gr.Blocks:
     benchmarks pass ``prevent_thread_lock=True`` to get it back while it serves)."""
     demo = build_demo(studio)
     demo.launch(**{"server_name": "127.0.0.1", "theme": theme(), **launch_options(studio), **options})
+    keep_cache_pruned(demo.GRADIO_CACHE, studio.limits.cache_seconds)
     return demo
+
+
+def keep_cache_pruned(folder: str, age_seconds: float) -> threading.Thread:
+    """Delete Gradio's cached copies of uploads and results once older than ``age_seconds``,
+    checked as often. Gradio 6.31's own ``delete_cache`` misses the copies made while
+    streaming a generator's outputs (they are tracked in per-session copies of the
+    components), which piled up at about 0.4 GB a minute under load."""
+    def prune_forever() -> None:
+        while True:
+            time.sleep(age_seconds)
+            prune_old_files(folder, age_seconds)
+
+    thread = threading.Thread(target=prune_forever, name="prune-gradio-cache", daemon=True)
+    thread.start()
+    return thread
 
 
 def main() -> None:

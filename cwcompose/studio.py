@@ -313,6 +313,22 @@ class Studio:
 # ---------------------------------------------------------------- streaming and variations
 
 
+def prune_old_files(folder: str | Path, age_seconds: float) -> int:
+    """Delete the files under ``folder`` last changed more than ``age_seconds`` ago, and the
+    folders that leaves empty; returns how many files went. Files that vanish meanwhile are skipped."""
+    cutoff, removed = time.time() - age_seconds, 0
+    for path in sorted(Path(folder).rglob("*"), reverse=True):  # children before their folders
+        try:
+            if path.is_file() and path.lstat().st_ctime < cutoff:
+                path.unlink()
+                removed += 1
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        except OSError:
+            continue
+    return removed
+
+
 @dataclass
 class Partial:
     """A streamed update: the roll so far and the audio chunk files so far (variation 1)."""
