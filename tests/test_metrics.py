@@ -258,7 +258,7 @@ def test_evaluate_command_writes_a_report(small_dataset, tmp_path):
                                       n_heads=2, d_ff=64))
     save_checkpoint(model, CPTokenizer(), tmp_path / "ckpt" / "step10000")
     out = tmp_path / "docs"
-    loss_csv = Path(__file__).resolve().parents[1] / "training" / "pop909" / "loss.csv"
+    loss_csv = Path(__file__).resolve().parents[1] / "training" / "pop909-v1" / "loss.csv"  # a finished run, committed
     argv = ["evaluate", str(tmp_path / "ckpt" / "step10000"), "--data", str(small_dataset), "--split", "valid",
             "--seeds", "1", "--bars", "2", "--windows", "4", "--pieces", "1", "--long-form-bars", "4",
             "--long-form-chunk", "2", "--out", str(out), "--loss-csv", str(loss_csv)]
