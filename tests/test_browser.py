@@ -344,3 +344,27 @@ def test_presets_and_reset_move_the_sliders(desktop):
     page.wait_for_function(f"() => parseFloat({slider}) === {balanced}", timeout=10_000)
     found = axe_violations(page)  # the sixteen sliders, open
     assert found == [], "\n".join(found)
+
+
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_compare_numbers_fit_the_screen(request, size):
+    """The compare table shows every checkpoint's column without the page scrolling sideways:
+    at 1400 px wide and on a 390 px phone (the table may scroll inside its own box on a phone,
+    but each of its cells is readable: no cell is cut narrower than its longest word)."""
+    page = request.getfixturevalue(size)
+    fill(page, "bars", 2)
+    page.get_by_role("tab", name="Compare checkpoints").click()
+    page.locator("#compare").click()
+    page.wait_for_function("() => document.querySelectorAll('#compare-view .cw-ab audio').length === 3",
+                           timeout=RESULT_TIMEOUT_MS)
+    rows = {r[0]: r[1:] for r in table(page, "compare-table")}
+    assert rows["bars generated"] == ["2", "2", "2"]
+    fit = page.evaluate("""() => {
+      const box = document.querySelector('#compare-table').getBoundingClientRect();
+      const cells = [...document.querySelectorAll('#compare-table [role=gridcell]')];
+      return {pageWidth: document.documentElement.scrollWidth, viewport: window.innerWidth,
+              right: box.right, cut: cells.filter((c) => c.scrollWidth > c.clientWidth + 1).map((c) => c.innerText)};
+    }""")
+    assert fit["pageWidth"] <= fit["viewport"], fit
+    assert fit["right"] <= fit["viewport"] + 1, fit
+    assert not fit["cut"], fit
