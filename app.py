@@ -56,6 +56,39 @@ def gpu(seconds: float):
     return spaces.GPU(duration=int(seconds))
 
 
+def plain_preprocess(component, preprocess, payload):
+    """``preprocess(payload)``, with a value of the wrong type or out of range (sent over the
+    API) answered in words and with the range: Gradio's own message for a wrong type names a
+    Python exception."""
+    try:
+        return preprocess(payload)
+    except (TypeError, ValueError, OverflowError) as err:
+        low, high = component.minimum, component.maximum
+        allowed = f"a number from {plain(low)} to {plain(high)}" if low is not None and high is not None else "a number"
+        is_number = isinstance(payload, (int, float)) and not isinstance(payload, bool) and payload == payload
+        problem = str(err).rstrip(".") if is_number else f"must be a number, got {payload!r}"
+        raise gr.Error(f"{component.label}: {problem}. Send {allowed}.", print_exception=False) from None
+
+
+def plain(value: float) -> str:
+    """A bound as a person writes it: 4294967295, 0.05, 1."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+class NumberInput(gr.Number):
+    is_template = True  # drawn as a plain gr.Number
+
+    def preprocess(self, payload):
+        return plain_preprocess(self, super().preprocess, payload)
+
+
+class SliderInput(gr.Slider):
+    is_template = True  # drawn as a plain gr.Slider
+
+    def preprocess(self, payload):
+        return plain_preprocess(self, super().preprocess, payload)
+
+
 def service_status(studio: Studio) -> str:
     """Which checkpoints can be used right now, and which soundfont plays the results."""
     available = studio.available_checkpoints()
@@ -146,10 +179,10 @@ def sampling_sliders() -> tuple[dict[str, gr.Slider], dict[str, gr.Slider]]:
         gr.Markdown(f"**{group}**")
         for field in fields:
             with gr.Row():
-                temperature[field] = gr.Slider(
+                temperature[field] = SliderInput(
                     0.0, min(MAX_TEMPERATURE, 3.0), value=DEFAULT_SAMPLING.temperature[field], step=0.05,
                     label=f"{FIELD_LABELS[field]}: temperature", elem_id=f"temperature-{field}")
-                top_p[field] = gr.Slider(0.05, 1.0, value=DEFAULT_SAMPLING.top_p[field], step=0.01,
+                top_p[field] = SliderInput(0.05, 1.0, value=DEFAULT_SAMPLING.top_p[field], step=0.01,
                                          label=f"{FIELD_LABELS[field]}: top-p", elem_id=f"top-p-{field}")
     return temperature, top_p
 
@@ -188,26 +221,26 @@ def compose_controls(limits: Limits, checkpoints: list[tuple[str, int]]) -> dict
     with gr.Row():
         c["checkpoint"] = gr.Dropdown(checkpoints, value=DEFAULT_CHECKPOINT, label="Checkpoint",
                                       elem_id="checkpoint", min_width=150)
-        c["bars"] = gr.Number(DEFAULT_REQUEST.bars, precision=0, minimum=1, maximum=limits.max_bars, step=1,
+        c["bars"] = NumberInput(DEFAULT_REQUEST.bars, precision=0, minimum=1, maximum=limits.max_bars, step=1,
                               label=f"Bars (1–{limits.max_bars})", elem_id="bars", min_width=80)
-        c["variations"] = gr.Number(1, precision=0, minimum=1, maximum=MAX_VARIATIONS, step=1,
+        c["variations"] = NumberInput(1, precision=0, minimum=1, maximum=MAX_VARIATIONS, step=1,
                                     label=f"Variations (1–{MAX_VARIATIONS})", elem_id="variations", min_width=80)
     with gr.Row():
         c["chords"] = gr.Textbox(label="Chords, one per bar (e.g. C G Am F)", placeholder="free",
                                  elem_id="chords", min_width=150, max_lines=1)
-        c["tempo"] = gr.Number(0, minimum=0, maximum=250, label="Tempo BPM (0 = free)", elem_id="tempo",
+        c["tempo"] = NumberInput(0, minimum=0, maximum=250, label="Tempo BPM (0 = free)", elem_id="tempo",
                                min_width=80)
     with gr.Row():
         c["key"] = gr.Dropdown(KEYS, value="", label="Key", elem_id="key", min_width=120)
-        c["key_strength"] = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Key strength",
+        c["key_strength"] = SliderInput(0.0, 1.0, value=1.0, step=0.05, label="Key strength",
                                       elem_id="key-strength", min_width=120)
     c["primer"] = gr.File(label="Primer MIDI (optional)", file_types=[".mid", ".midi"], type="filepath",
                           elem_id="primer", height=90)
     with gr.Accordion("Primer bars and seed", open=False):
         with gr.Row():
-            c["primer_bars"] = gr.Slider(1, limits.max_primer_bars, value=DEFAULT_REQUEST.primer_bars, step=1,
+            c["primer_bars"] = SliderInput(1, limits.max_primer_bars, value=DEFAULT_REQUEST.primer_bars, step=1,
                                          label="Keep the primer's last N bars", elem_id="primer-bars")
-            c["seed"] = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
+            c["seed"] = NumberInput(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
                                   elem_id="seed")
             c["random_seed"] = gr.Checkbox(value=True, label="Random seed", elem_id="random-seed")
     with gr.Accordion("Fine-tune sampling", open=False, elem_id="fine-tune"):
@@ -226,7 +259,7 @@ def result_panel() -> dict:
         r["midi"] = gr.File(label="MIDI", interactive=False, elem_id="midi", height=70)
         with gr.Column(min_width=200):
             with gr.Row():
-                r["rewind_bar"] = gr.Number(4, precision=0, minimum=1, label="Keep first N bars",
+                r["rewind_bar"] = NumberInput(4, precision=0, minimum=1, label="Keep first N bars",
                                             elem_id="rewind-bar", min_width=90)
                 r["rewind"] = gr.Button("Regenerate from bar N", elem_id="rewind", min_width=120)
             r["continue"] = gr.Button("Continue this take", elem_id="continue")

@@ -352,13 +352,16 @@ def test_compare_numbers_fit_the_screen(request, size):
     at 1400 px wide and on a 390 px phone (the table may scroll inside its own box on a phone,
     but each of its cells is readable: no cell is cut narrower than its longest word)."""
     page = request.getfixturevalue(size)
-    fill(page, "bars", 2)
+    page.get_by_role("tab", name="Compose").click()  # the pages are shared: another test may have left Compare open
+    fill(page, "bars", 3)
     page.get_by_role("tab", name="Compare checkpoints").click()
     page.locator("#compare").click()
-    page.wait_for_function("() => document.querySelectorAll('#compare-view .cw-ab audio').length === 3",
+    page.wait_for_function("""() => [...document.querySelectorAll('#compare-table [role=gridcell][data-col="0"]')]
+      .some((c) => c.innerText.trim() === 'bars generated' &&
+                   c.parentElement.innerText.split(/\\s+/).filter((t) => t === '3').length === 3)""",
                            timeout=RESULT_TIMEOUT_MS)
     rows = {r[0]: r[1:] for r in table(page, "compare-table")}
-    assert rows["bars generated"] == ["2", "2", "2"]
+    assert rows["bars generated"] == ["3", "3", "3"]
     fit = page.evaluate("""() => {
       const box = document.querySelector('#compare-table').getBoundingClientRect();
       const cells = [...document.querySelectorAll('#compare-table [role=gridcell]')];
