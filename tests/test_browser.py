@@ -371,3 +371,44 @@ def test_compare_numbers_fit_the_screen(request, size):
     assert fit["pageWidth"] <= fit["viewport"], fit
     assert fit["right"] <= fit["viewport"] + 1, fit
     assert not fit["cut"], fit
+
+
+def reset_settings(page) -> None:
+    """Click Reset and wait until it has put back the default sampling and the default 16 bars."""
+    page.locator("#reset").click()
+    page.wait_for_function("""() => document.querySelector('#bars input').value === '16' &&
+      parseFloat(document.querySelector('#temperature-pitch input[type=number]').value) === 1""", timeout=10_000)
+
+
+def test_a_slider_changes_the_take_and_reset_brings_it_back(desktop):
+    """Same seed, same request: pitch temperature 0 (always the likeliest pitch) writes other
+    notes than the default 1.0, the numbers shown say so, and Reset gives the first take again."""
+    page = desktop
+    page.get_by_role("tab", name="Compose").click()
+    if page.locator("#temperature-pitch").is_hidden():
+        page.get_by_text("Fine-tune sampling").click()
+    fill(page, "bars", 5)
+    reset_settings(page)
+    fill(page, "bars", 4)
+    fill(page, "chords", "")
+    if page.locator("#random-seed input[type=checkbox]").is_hidden():
+        page.get_by_text("Primer bars and seed").click()
+    page.locator("#random-seed input[type=checkbox]").uncheck()
+    fill(page, "seed", 11)
+    takes = len(takes_shown(page))
+
+    def take() -> tuple[list, dict]:
+        nonlocal takes
+        takes += 1
+        run_and_wait(page, "generate", takes_after=min(takes, 20))
+        return midi_notes(page, "#midi a"), shown_numbers(page)
+
+    default_notes, default_numbers = take()
+    fill(page, "temperature-pitch", 0)
+    greedy_notes, greedy_numbers = take()
+    reset_settings(page)
+    fill(page, "bars", 4)
+    again_notes, _ = take()
+    assert default_numbers["seed"] == greedy_numbers["seed"] == "11" and default_numbers["bars generated"] == "4"
+    assert [n[2] for n in greedy_notes] != [n[2] for n in default_notes], "pitch temperature 0 changed no pitch"
+    assert again_notes == default_notes, "Reset and the same seed give the same take"
