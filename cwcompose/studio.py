@@ -1,8 +1,8 @@
 """The composing service behind the app: validated requests in, audio + piano roll + MIDI out.
 
 >>> studio = Studio(Path("checkpoints"))
->>> result = studio.compose(ComposeRequest(checkpoint=28500, primer="song.mid", bars=16, seed=1))
->>> result.audio, result.figure, result.midi_path, result.metrics
+>>> *updates, takes = stream_compose(studio, ComposeRequest(checkpoint=28500, primer="song.mid", bars=16, seed=1))
+>>> takes[0].audio_path, takes[0].midi_path, takes[0].numbers
 
 A :class:`Studio` loads each checkpoint once and keeps it (a lock per checkpoint, so
 two requests never load the same one twice), owns the :class:`Renderer`, and writes
@@ -28,39 +28,19 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from cwcompose import metrics
 from cwcompose.checkpoints import SHIPPED_DIR, SHIPPED_STEPS, CheckpointError, load_checkpoint, shipped_stem
-from cwcompose.generation import BarDone, Composition, compose, iter_compose, primer_words
+from cwcompose.generation import BarDone, Composition, iter_compose, primer_words
 from cwcompose.model import ModelConfig
-from cwcompose.pianoroll import RollStyle, note_name, piano_roll
-from cwcompose.render import SOUNDFONT_ENV, Renderer, RenderError, seconds_of, to_pcm16
+from cwcompose.pianoroll import note_name
+from cwcompose.render import SOUNDFONT_ENV, Renderer, RenderError
 from cwcompose.request import MAX_SEED, ComposeRequest, Limits, RequestError
 from cwcompose.takes import Take, locks_summary
 from cwcompose.turns import StopSignals, Turns
 from cwcompose.words import count_bars
 
 OnBar = Callable[[int, int], None]
-COMPARE_ROLL = RollStyle(width_inches=6.0, height_inches=4.5)  # three of these sit side by side
-
-
-class Stopped(Exception):
-    """The person asked to stop; the partial result is thrown away."""
-
-
-@dataclass
-class ComposeResult:
-    """What the app shows: audio, a piano roll, a MIDI file to download, and a few numbers."""
-
-    audio: tuple[int, np.ndarray]  # (sample rate in Hz, int16 (n, 2))
-    figure: Figure
-    midi_path: Path
-    metrics: dict
-    seed: int
-    composition: Composition
-
-
 def piece_metrics(composition: Composition, config, checkpoint: int) -> dict:
     """Readable numbers about the generated part (not the primer) of a composition."""
     notes = metrics.excerpt(metrics.to_grid_notes(composition.words, config),
@@ -82,13 +62,6 @@ def piece_metrics(composition: Composition, config, checkpoint: int) -> dict:
         "length (seconds)": round(composition.seconds, 1),
         "stopped early": composition.stopped_early,
     }
-
-
-def comparison_rows(results: dict[int, "ComposeResult | str"]) -> list[list[str]]:
-    """One row per metric, one column per checkpoint (a missing checkpoint shows "not available")."""
-    names = next((list(r.metrics) for r in results.values() if not isinstance(r, str)), [])
-    return [[name] + ["not available" if isinstance(r, str) else str(r.metrics[name]) for r in results.values()]
-            for name in names if name != "checkpoint"]
 
 
 class Studio:
@@ -170,68 +143,6 @@ class Studio:
         for step in steps:
             self.model(step)
         return steps
-
-    # ------------------------------------------------------------ composing
-
-    def compose(self, request: ComposeRequest, on_bar: OnBar | None = None, stop: threading.Event | None = None,
-                roll_style: RollStyle | None = None) -> ComposeResult:
-        """Compose, render and draw one request. Raises RequestError (bad request), MidiReadError
-        (bad primer), CheckpointError (missing checkpoint), RenderError, or Stopped."""
-        request.check(self.limits)
-        model, tokenizer = self.model(request.checkpoint)
-        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        primer = request.primer.read_bytes() if request.primer is not None else None
-        composition = compose(model, tokenizer, primer=primer, primer_bars=request.primer_bars, bars=request.bars,
-                              max_seconds=self.limits.max_music_seconds, sampling=request.sampling, seed=seed,
-                              on_bar=self._bar_callback(on_bar, stop))
-        if stop is not None and stop.is_set():
-            raise Stopped()
-        return self._result(composition, request.checkpoint, roll_style or RollStyle())
-
-    def compare(self, request: ComposeRequest, on_bar: OnBar | None = None,
-                stop: threading.Event | None = None) -> dict[int, ComposeResult | str]:
-        """The same request on every shipped checkpoint (one seed for all). A missing
-        checkpoint gives its message instead of a result; CheckpointError if all are missing."""
-        request.check(self.limits)
-        available = self.available_checkpoints()
-        if not available:
-            raise CheckpointError(f"no checkpoints in {self.checkpoint_dir}; " + self.missing_checkpoint_message(
-                request.checkpoint))
-        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        results: dict[int, ComposeResult | str] = {}
-        for i, step in enumerate(SHIPPED_STEPS):
-            if step not in available:
-                results[step] = self.missing_checkpoint_message(step)
-                continue
-            progress = None if on_bar is None else (
-                lambda done, total, i=i: on_bar(i * total + done, len(SHIPPED_STEPS) * total))
-            results[step] = self.compose(dataclasses.replace(request, checkpoint=step, seed=seed), progress, stop,
-                                         COMPARE_ROLL)
-        return results
-
-    def _bar_callback(self, on_bar: OnBar | None, stop: threading.Event | None) -> Callable[[int, int], bool]:
-        """Wraps the progress callback: False (stop) once asked to stop or over the time budget."""
-        deadline = time.monotonic() + self.limits.request_seconds
-
-        def callback(done: int, total: int) -> bool:
-            if on_bar is not None:
-                on_bar(done, total)
-            return not ((stop is not None and stop.is_set()) or time.monotonic() > deadline)
-
-        return callback
-
-    def _result(self, composition: Composition, checkpoint: int, roll_style: RollStyle) -> ComposeResult:
-        audio = self.renderer.render(composition.midi)
-        folder = self._new_result_dir()
-        midi_path = folder / f"cwcompose-{checkpoint}-seed{composition.seed}.mid"
-        composition.midi.dump(str(midi_path))
-        info = piece_metrics(composition, self._tokenizer_config(checkpoint), checkpoint)
-        info["audio seconds"] = round(seconds_of(audio, self.renderer.sample_rate), 1)
-        return ComposeResult(audio=(self.renderer.sample_rate, to_pcm16(audio)),
-                             figure=piano_roll(composition.midi, composition.primer_end_tick,
-                                               title=f"checkpoint {checkpoint}, seed {composition.seed}",
-                                               bars=composition.primer_bars + composition.bars, style=roll_style),
-                             midi_path=midi_path, metrics=info, seed=composition.seed, composition=composition)
 
     def _tokenizer_config(self, step: int):
         return self._models[step][1].config
@@ -338,11 +249,6 @@ class Partial:
     roll: str
     chunks: list[Path]
     stream_id: str
-
-
-def bar_increments(words: np.ndarray) -> np.ndarray:
-    from cwcompose.generation import bar_increments as increments
-    return increments(words)
 
 
 def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> Path:

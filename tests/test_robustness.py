@@ -25,7 +25,7 @@ from gradio_client.exceptions import AppError
 from cwcompose.generation import count_bars, primer_words
 from cwcompose.midi_file import MAX_FILE_BYTES, read_midi
 from cwcompose.request import ComposeRequest, Limits, RequestError
-from cwcompose.studio import Studio
+from cwcompose.studio import Studio, stream_compose
 from cwcompose.tokenizer import CPTokenizer, MidiReadError
 from odd_midi import EXCEPTION_NAME, OddMidi, catalogue, huge_upload, message_faults, piano_file
 import app as app_module
@@ -285,8 +285,8 @@ def test_result_folders_are_capped_and_removed_on_close(tmp_path):
     """The Studio keeps at most ``kept_results`` result folders, and close() removes its work dir."""
     studio = Studio(make_tiny_checkpoints(tmp_path / "ckpt", steps=(28500,)), limits=Limits(kept_results=2))
     primer = local_copy(tmp_path, "p.mid", piano_file())
-    paths = [studio.compose(ComposeRequest(checkpoint=28500, primer=primer, primer_bars=1, bars=1, seed=s)).midi_path
-             for s in range(4)]
+    paths = [list(stream_compose(studio, ComposeRequest(checkpoint=28500, primer=primer, primer_bars=1, bars=1,
+                                                        seed=s)))[-1][0].midi_path for s in range(4)]
     workdir = paths[0].parents[1]
     assert [p.exists() for p in paths] == [False, False, True, True]
     assert len(list(workdir.iterdir())) == 2
