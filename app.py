@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import secrets
 import threading
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from cwcompose.render import RenderError
 from cwcompose.request import DEFAULT_CHECKPOINT, MAX_SEED, MAX_VARIATIONS, ComposeRequest, Limits, RequestError
 from cwcompose.roll_view import HEAD, ab_html, empty_roll_html, variations_html
 from cwcompose.sampling import DEFAULT_SAMPLING, FIELD_LABELS, MAX_TEMPERATURE, PRESETS, SamplingConfig
-from cwcompose.studio import Partial, Studio, prune_old_files, stream_compose
+from cwcompose.studio import Partial, Studio, first_seed, prune_old_files, stream_compose
 from cwcompose.takes import History, locks_summary, numbers_table
 from cwcompose.tokenizer import FIELDS, PITCH_CLASSES, MidiReadError
 
@@ -493,7 +492,7 @@ def studio_compare(studio: Studio, req: ComposeRequest, stop) -> dict:
     available = studio.available_checkpoints()
     if not available:
         raise CheckpointError(f"no checkpoints in {studio.checkpoint_dir}")
-    seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    seed = first_seed(req)  # one seed for every checkpoint, checked against the variations asked for
     out = {}
     for step in SHIPPED_STEPS:
         if step not in available:
