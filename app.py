@@ -18,6 +18,7 @@ import torch
 
 from cwcompose.checkpoints import SHIPPED_STEPS, CheckpointError
 from cwcompose.locks import Locks
+from cwcompose.memory import keep_releasing_free_memory
 from cwcompose.render import RenderError
 from cwcompose.request import DEFAULT_CHECKPOINT, MAX_SEED, MAX_VARIATIONS, ComposeRequest, Limits, RequestError
 from cwcompose.roll_view import HEAD, ab_html, empty_roll_html, variations_html
@@ -552,6 +553,7 @@ def launch(studio: Studio, **options) -> gr.Blocks:
     demo = build_demo(studio)
     demo.launch(**{"server_name": "127.0.0.1", "theme": theme(), **launch_options(studio), **options})
     keep_cache_pruned(demo.GRADIO_CACHE, studio.limits.cache_seconds)
+    keep_releasing_free_memory()
     return demo
 
 
