@@ -4,8 +4,9 @@
 context) with a length per row. A new word per row attends to its row's keys with the
 relative bias of distance ``n_b - j`` (clipped at ``max_relative_distance - 1``) and
 keys past the row's length masked. When a row's cache is full its window slides: the
-newest words from a bar line (keeping at least 3/4 of the context) are re-encoded in one
-pass, so the cost per word stays flat at any length.
+newest words from a bar line (keeping at least 3/4 of the context) are re-encoded
+(:mod:`cwcompose.window`), so the cost per word stays flat at any length. A step reads
+the keys up to the longest row only (a host-side bound, no sync).
 
 :class:`WordSampler` draws a word per row: the family first (for the batch), then every
 field that some row needs, each through the processor pipeline (see
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from cwcompose.grammar import PaddedGrammar, WordState, allowed, applies
 from cwcompose.model import CPTransformer
 from cwcompose.sampling import Temperature, TopP, gumbel_block, row_keys, top_p_rows
+from cwcompose.window import encode_window
 from cwcompose.words import BAR, COL, FAMILY_METRIC, FIELDS, IGNORE, METRIC_FIELDS, NOTE_FIELDS, as_words, bar_starts
 
 Processor = Callable[[WordState, str, torch.Tensor], torch.Tensor]
@@ -81,10 +83,12 @@ class Decoder:
         self.model, self.batch, self.device = model, batch, p.device
         self.capacity = capacity or cfg.context
         self.n_heads, self.head_dim = cfg.n_heads, cfg.d_model // cfg.n_heads
-        # keys and values of a layer in one tensor, so that one index_copy_ writes both
-        shape = (cfg.n_layers, batch, 2, cfg.n_heads, self.capacity, self.head_dim)
+        # keys and values of a layer in one tensor, so that one index_copy_ writes both; keys
+        # before values so that a layer's keys (B, H, capacity, head_dim) are contiguous (a
+        # matmul over a strided batch copies the whole cache first)
+        shape = (cfg.n_layers, 2, batch, cfg.n_heads, self.capacity, self.head_dim)
         self.kv = torch.zeros(shape, device=p.device, dtype=p.dtype)
-        self.keys, self.values = self.kv[:, :, 0], self.kv[:, :, 1]  # (layers, B, H, capacity, head_dim) views
+        self.keys, self.values = self.kv[:, 0], self.kv[:, 1]  # (layers, B, H, capacity, head_dim) views
         self.lengths = torch.zeros(batch, dtype=torch.long, device=p.device)  # words in each row's cache
         self.n_words = torch.zeros(batch, dtype=torch.long, device=p.device)  # words in each row's history
         self.history = torch.zeros((batch, 1024, len(FIELDS)), dtype=torch.long, device=p.device)
@@ -98,10 +102,10 @@ class Decoder:
         self._arange = torch.arange(self.capacity, device=p.device)
         self._rows = torch.arange(batch, device=p.device)
         self._max_words = 0
-        # row of (b, k-or-v, head) in a layer's kv viewed as (B * 2 * H * capacity, head_dim), less the slot
-        self._row_heads = torch.arange(batch * 2 * cfg.n_heads, device=p.device).view(batch, -1) * self.capacity
-        self._scale = 1.0 / math.sqrt(self.head_dim)
-        self._manual_attention = batch > 1  # the CPU's fused kernel is slower than two matmuls for several rows
+        # row of (b, k-or-v, head) (the order of qkv's columns) in a layer's kv viewed as
+        # (2 * B * H * capacity, head_dim), less the slot
+        kv_b_h = torch.arange(2 * batch * cfg.n_heads, device=p.device).view(2, batch, cfg.n_heads)
+        self._row_heads = kv_b_h.transpose(0, 1).reshape(batch, -1) * self.capacity
         norms = [m for block in model.blocks for m in (block.norm1, block.norm2)] + [model.norm]
         if any(n.eps != 1e-5 for n in norms):
             raise ValueError("the decode step assumes LayerNorm eps 1e-5")
@@ -111,6 +115,8 @@ class Decoder:
         self._weights = tuple(tuple(getattr(w, f.name) for f in fields(StepWeights) if not f.name.startswith("eps"))
                               for w in self.layers)
         self.pure_step = compiled_step() if compile else None  # None: the eager step, writing the cache itself
+        self._relative = [block.attention.relative.detach() for block in model.blocks]
+        self._bounds = [0] * batch  # host-side upper bounds of ``lengths`` (no sync): keys read per step
         self._layer_rows = torch.arange(cfg.n_layers, device=p.device)[:, None] * self.kv[0].numel() // self.head_dim
 
     # ------------------------------------------------------------ windows
@@ -140,13 +146,14 @@ class Decoder:
 
     def _encode(self, rows: list[int], window: torch.Tensor) -> torch.Tensor:
         """Run the model over ``window`` (L, fields) into the cache of ``rows``; h after it."""
-        cache = self.model.new_cache(1, self.capacity)
-        h = self.model.hidden(window[None], cache)[0, -1]
+        x = self.embed_table[window + self.embed_offsets].sum(1) + self._tables[2]
+        h = encode_window(x, self._weights, self._tables, self._relative, self.kv[:, :, rows[0]])
         length = window.size(0)
-        for layer in range(len(cache.keys)):
-            self.keys[layer, rows, :, :length] = cache.keys[layer][0, :, :length]
-            self.values[layer, rows, :, :length] = cache.values[layer][0, :, :length]
+        if len(rows) > 1:  # the same window in every row (a prefill): copy the first row's
+            self.kv[:, :, rows[1:], :, :length] = self.kv[:, :, rows[:1], :, :length]
         self.lengths[rows] = length
+        for row in rows:
+            self._bounds[row] = length
         return h
 
     def _reserve(self, n: int) -> None:
@@ -172,24 +179,26 @@ class Decoder:
             h, rows = self.pure_step(word, self.lengths, self.kv, self._tables, self._weights, self._max_distance)
             flat = (self._layer_rows + (self._row_heads + self.lengths.clamp(max=self.capacity - 1)[:, None]).flatten())
             self.kv.view(-1, self.head_dim).index_copy_(0, flat.flatten(), rows.reshape(-1, self.head_dim))
-        else:
-            h = decode_step(word, self.lengths, self.kv, self._tables, self._weights, self._max_distance,
-                            self._manual_attention)
+        else:  # the keys past every row's length are masked: read only up to the longest row
+            span = min(max(self._bounds) + 1, self.capacity)
+            h = decode_step(word, self.lengths, self.kv, self._tables, self._weights, self._max_distance, span)
+        self._bounds = [min(n + 1, self.capacity) for n in self._bounds]
         self.n_words += keep
         self.lengths += keep
         return h
 
 
 def step_inputs(word: torch.Tensor, lengths: torch.Tensor, kv: torch.Tensor, tables: tuple, max_distance: int,
-                see_slot: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                see_slot: bool, span: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """What both steps start from: the new word's embedding x (B, d), each row's cache
-    slot (B,), the relative-distance index (B, H, 1, capacity) and the key mask
-    (B, 1, 1, capacity), -inf past the slot (and at it unless ``see_slot``: the pure step
-    attends to the new key on its own)."""
-    embed_table, embed_offsets, embed_bias, arange = tables[:4]
-    b, heads, cap = word.size(0), kv.size(3), kv.size(4)
+    slot (B,), the relative-distance index (B, H, 1, span) and the key mask
+    (B, 1, 1, span), -inf past the slot (and at it unless ``see_slot``: the pure step
+    attends to the new key on its own); ``span`` (<= capacity) covers every row's slot."""
+    embed_table, embed_offsets, embed_bias = tables[:3]
+    arange = tables[3][:span]
+    b, heads, cap = word.size(0), kv.size(3), span
     x = embed_table[word + embed_offsets].sum(1) + embed_bias
-    slot = lengths.clamp(max=cap - 1)
+    slot = lengths.clamp(max=kv.size(4) - 1)
     distance = (slot[:, None] - arange).clamp(0, max_distance - 1)
     gather = distance[:, None, None, :].expand(b, heads, 1, cap)
     hidden = arange > slot[:, None] if see_slot else arange >= slot[:, None]
@@ -198,31 +207,27 @@ def step_inputs(word: torch.Tensor, lengths: torch.Tensor, kv: torch.Tensor, tab
 
 
 def decode_step(word: torch.Tensor, lengths: torch.Tensor, kv: torch.Tensor, tables: tuple, weights: tuple,
-                max_distance: int, manual_attention: bool) -> torch.Tensor:
+                max_distance: int, span: int | None = None) -> torch.Tensor:
     """The model's step for one new word per row, a pure function of tensors (but for
-    the new keys and values written into ``kv`` (layers, B, 2, H, capacity, head_dim) at
+    the new keys and values written into ``kv`` (layers, 2, B, H, capacity, head_dim) at
     each row's slot ``min(lengths, capacity - 1)``): word (B, fields) -> h (B, d).
     ``tables`` and ``weights`` are laid out by :class:`Decoder`; compiled as it is by
-    ``Decoder(..., compile=True)``."""
+    ``Decoder(..., compile=True)``. Attention reads the first ``span`` slots (all by default)."""
     row_heads, norm_w, norm_b = tables[4:]
-    b, heads, hd = word.size(0), kv.size(3), kv.size(5)
+    b, heads, cap, hd = word.size(0), kv.size(3), span or kv.size(4), kv.size(5)
     d = heads * hd
-    x, slot, gather, mask = step_inputs(word, lengths, kv, tables, max_distance, see_slot=True)
+    x, slot, gather, mask = step_inputs(word, lengths, kv, tables, max_distance, see_slot=True, span=cap)
     flat = (row_heads + slot[:, None]).flatten()
-    scale = 1.0 / math.sqrt(hd)
     for layer, (n1w, n1b, qkv_t, qkv_b, rel_t, out_t, out_b, n2w, n2b, up_t, up_b, down_t, down_b) in enumerate(weights):
         a = F.layer_norm(x, (d,), n1w, n1b, 1e-5)
-        qkv = torch.addmm(qkv_b, a, qkv_t)
+        qkv = torch.addmm(qkv_b, a, qkv_t)  # q comes scaled by 1/sqrt(head_dim)
         cache = kv[layer]
         cache.view(-1, hd).index_copy_(0, flat, qkv[:, d:].reshape(-1, hd))
         q = qkv[:, :d].reshape(b, heads, 1, hd)
-        bias = torch.matmul(q, rel_t).gather(-1, gather) + mask  # (B, H, 1, capacity)
-        keys, values = cache[:, 0], cache[:, 1]
-        if manual_attention:
-            scores = torch.matmul(q, keys.transpose(-1, -2)) * scale + bias
-            y = torch.matmul(torch.softmax(scores, -1), values)
-        else:
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)
+        bias = torch.matmul(q, rel_t).gather(-1, gather) + mask  # (B, H, 1, span)
+        keys, values = cache[0, :, :, :cap], cache[1, :, :, :cap]
+        # the fused kernel: one op, and for several rows faster than matmuls over the cache
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=1.0)
         x = torch.addmm(x, y.view(b, d), out_t) + out_b
         m = F.layer_norm(x, (d,), n2w, n2b, 1e-5)
         u = torch.addmm(up_b, m, up_t)  # up(m) / sqrt(2)
@@ -238,8 +243,7 @@ def decode_step_pure(word: torch.Tensor, lengths: torch.Tensor, kv: torch.Tensor
     norm_w, norm_b = tables[5:]
     b, heads, cap, hd = word.size(0), kv.size(3), kv.size(4), kv.size(5)
     d = heads * hd
-    x, _, gather, mask = step_inputs(word, lengths, kv, tables, max_distance, see_slot=False)
-    scale = 1.0 / math.sqrt(hd)
+    x, _, gather, mask = step_inputs(word, lengths, kv, tables, max_distance, see_slot=False, span=cap)
     rows = []
     for layer, (n1w, n1b, qkv_t, qkv_b, rel_t, out_t, out_b, n2w, n2b, up_t, up_b, down_t, down_b) in enumerate(weights):
         a = F.layer_norm(x, (d,), n1w, n1b, 1e-5)
@@ -250,10 +254,10 @@ def decode_step_pure(word: torch.Tensor, lengths: torch.Tensor, kv: torch.Tensor
         v_new = qkv[:, 2 * d:].reshape(b, heads, 1, hd)
         relative = torch.matmul(q, rel_t)  # (B, H, 1, max distance)
         cache = kv[layer]
-        old = torch.matmul(q, cache[:, 0].transpose(-1, -2)) * scale + relative.gather(-1, gather) + mask
-        new = (q * k_new).sum(-1, keepdim=True) * scale + relative[..., :1]
+        old = torch.matmul(q, cache[0].transpose(-1, -2)) + relative.gather(-1, gather) + mask
+        new = (q * k_new).sum(-1, keepdim=True) + relative[..., :1]
         p = torch.softmax(torch.cat([old, new], -1), -1)
-        y = torch.matmul(p[..., :cap], cache[:, 1]) + p[..., cap:] * v_new
+        y = torch.matmul(p[..., :cap], cache[1]) + p[..., cap:] * v_new
         x = torch.addmm(x, y.view(b, d), out_t) + out_b
         m = F.layer_norm(x, (d,), n2w, n2b, 1e-5)
         u = torch.addmm(up_b, m, up_t)
@@ -286,7 +290,9 @@ def warm_up(model: CPTransformer, batches: tuple[int, ...] = (1,)) -> float:
 @dataclass(frozen=True)
 class StepWeights:
     """One block's weights laid out for a decode step: transposed for addmm, the
-    relative table transposed and scaled, GELU's constants folded into the MLP
+    attention's 1/sqrt(head_dim) folded into the query's columns (so the scores and the
+    relative bias need no scaling op), the relative table transposed, GELU's constants
+    folded into the MLP
     (gelu(v) = v/2 (1 + erf(v / sqrt 2)): up is scaled by 1/sqrt 2, down by sqrt 2 / 2)."""
 
     norm1_w: torch.Tensor
@@ -309,10 +315,13 @@ class StepWeights:
 def _step_weights(block, head_dim: int) -> StepWeights:
     attn, (up, _, down) = block.attention, block.mlp
     root = math.sqrt(0.5)
+    d = attn.out.in_features
+    query_scale = torch.ones(3 * d, dtype=attn.qkv.weight.dtype, device=attn.qkv.weight.device)
+    query_scale[:d] = 1.0 / math.sqrt(head_dim)
     return StepWeights(
         norm1_w=block.norm1.weight, norm1_b=block.norm1.bias, eps1=block.norm1.eps,
-        qkv_t=attn.qkv.weight.T.contiguous(), qkv_b=attn.qkv.bias,
-        relative_t=(attn.relative.T / math.sqrt(head_dim)).contiguous(),
+        qkv_t=(attn.qkv.weight.T * query_scale).contiguous(), qkv_b=attn.qkv.bias * query_scale,
+        relative_t=attn.relative.T.contiguous(),
         out_t=attn.out.weight.T.contiguous(), out_b=attn.out.bias,
         norm2_w=block.norm2.weight, norm2_b=block.norm2.bias, eps2=block.norm2.eps,
         up_t=(up.weight.T * root).contiguous(), up_b=up.bias * root,
