@@ -18,7 +18,7 @@ import torch
 
 from cwcompose.checkpoints import SHIPPED_STEPS, CheckpointError
 from cwcompose.locks import Locks
-from cwcompose.memory import keep_releasing_free_memory
+from cwcompose.memory import keep_releasing_free_memory, limit_malloc_arenas
 from cwcompose.render import RenderError
 from cwcompose.request import DEFAULT_CHECKPOINT, MAX_SEED, MAX_VARIATIONS, ComposeRequest, Limits, RequestError
 from cwcompose.roll_view import HEAD, ab_html, empty_roll_html, variations_html
@@ -550,6 +550,7 @@ def theme() -> gr.themes.Base:
 def launch(studio: Studio, **options) -> gr.Blocks:
     """Build the demo around ``studio`` and start it with the app's launch options (tests and
     benchmarks pass ``prevent_thread_lock=True`` to get it back while it serves)."""
+    limit_malloc_arenas()  # before Gradio's worker threads exist
     demo = build_demo(studio)
     demo.launch(**{"server_name": "127.0.0.1", "theme": theme(), **launch_options(studio), **options})
     keep_cache_pruned(demo.GRADIO_CACHE, studio.limits.cache_seconds)

@@ -33,3 +33,4 @@ def test_free_pages_held_by_a_worker_threads_arena_are_returned():
         pytest.skip("the C library is not glibc")
     after = resident_mb()
     assert before - after > 100, f"resident memory {before:.0f} MB -> {after:.0f} MB after the release"
+
