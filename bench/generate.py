@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from cwcompose.checkpoints import CheckpointError, load_checkpoint
-from cwcompose.decoder import Decoder, WordSampler, warm_up
+from cwcompose.decoder import Decoder, WordSampler
+from cwcompose.fused import FusedWords, finish_word, warm_up, worth_compiling
 from cwcompose.generation import compose
 from cwcompose.grammar import WordState
 from cwcompose.model import CPTransformer, ModelConfig
@@ -44,18 +45,19 @@ def load(name: str | None) -> tuple[CPTransformer, CPTokenizer, str]:
 
 @torch.inference_mode()
 def run_words(model: CPTransformer, batch: int, n_words: int, seed: int = 0, compile: bool = False) -> list[float]:
-    """Draw ``n_words`` words per row (no bar limit); wall time (s) at which each was done."""
+    """Draw ``n_words`` words per row (no bar limit), eagerly or (``compile``, where
+    iter_compose would) one compiled call per word; wall time (s) at which each was done."""
     opening = np.array([[FAMILY_METRIC, BAR] + [IGNORE] * (len(FIELDS) - 2)])
     state = WordState.start(opening, batch=batch, bars=10**9, from_primer=False, vocab_sizes=model.config.vocab_sizes)
-    decoder = Decoder(model, batch, compile=compile)
+    decoder = Decoder(model, batch)
     sampler = WordSampler(model, [seed + i for i in range(batch)], sampling_processors(DEFAULT_SAMPLING))
-    h, stamps, t0 = decoder.prefill(opening), [], time.perf_counter()
+    fused = FusedWords(decoder, sampler) if compile and worth_compiling(sampler, batch) else None
+    family = sampler.family(decoder.prefill(opening), state, 0)
+    stamps, t0 = [], time.perf_counter()
     for index in range(n_words):
-        family = sampler.family(h, state, index)
-        families, lengths = torch.stack([family, decoder.lengths]).tolist()  # the one sync per word
+        _, lengths = torch.stack([family, decoder.lengths]).tolist()  # the one sync per word
         decoder.slide(decoder.full_rows(lengths, [False] * batch))
-        word = sampler.fields(state, set(families))
-        h = decoder.step(word, state.advance(word))
+        family = finish_word(decoder, sampler, fused, state, index)
         stamps.append(time.perf_counter() - t0)
     return stamps
 
@@ -71,7 +73,8 @@ def main() -> int:
     parser.add_argument("--words", type=int, default=1000)
     parser.add_argument("--long", type=int, default=10000)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the decoder's step (compile time printed)")
+    parser.add_argument("--compile", action="store_true",
+                        help="one compiled graph per word for one stream (cwcompose.fused; compile time printed)")
     parser.add_argument("--compare-eager", action="store_true", help="with --compile: also the eager step, interleaved")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the throughput runs (best kept)")
     args = parser.parse_args()
@@ -81,7 +84,7 @@ def main() -> int:
           f"{torch.get_num_threads()} thread(s); load average {os.getloadavg()[0]:.2f} "
           f"(a loaded machine: figures indicative only)")
     if args.compile:
-        print(f"compile (batches 1 and 8, off the request path in the app): {warm_up(model, (1, 8)):.1f} s", flush=True)
+        print(f"compile (one row; 8 variations stay eager): {warm_up(model):.1f} s", flush=True)
     variants = [("compiled" if args.compile else "eager", args.compile)]
     if args.compile and args.compare_eager:
         variants.append(("eager", False))

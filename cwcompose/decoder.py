@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import math
-import time
 from dataclasses import dataclass, fields
 from typing import Callable
 
@@ -30,7 +29,7 @@ from cwcompose.grammar import PaddedGrammar, WordState, allowed, applies
 from cwcompose.model import CPTransformer
 from cwcompose.sampling import Temperature, TopP, gumbel_block, row_keys, top_p_rows
 from cwcompose.window import encode_window
-from cwcompose.words import BAR, COL, FAMILY_METRIC, FIELDS, IGNORE, METRIC_FIELDS, NOTE_FIELDS, as_words, bar_starts
+from cwcompose.words import COL, FAMILY_METRIC, FIELDS, IGNORE, METRIC_FIELDS, NOTE_FIELDS, as_words, bar_starts
 
 Processor = Callable[[WordState, str, torch.Tensor], torch.Tensor]
 KEEP_SHARE = 0.75  # a sliding window keeps at least this share of the context
@@ -172,20 +171,30 @@ class Decoder:
     def step(self, word: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Append ``word`` (B, fields) to every row where ``keep`` (B,) bool; returns h
         (B, d_model) after it (rows not kept compute garbage that is overwritten later)."""
-        self._max_words += 1  # an upper bound of n_words, known without a host sync
-        self._reserve(self._max_words + 1)
-        self.history[self._rows, self.n_words] = word
+        span = min(max(self._bounds) + 1, self.capacity)  # keys past every row's length are masked: not read
+        self.record(word)
         if self.pure_step is not None:
             h, rows = self.pure_step(word, self.lengths, self.kv, self._tables, self._weights, self._max_distance)
-            flat = (self._layer_rows + (self._row_heads + self.lengths.clamp(max=self.capacity - 1)[:, None]).flatten())
-            self.kv.view(-1, self.head_dim).index_copy_(0, flat.flatten(), rows.reshape(-1, self.head_dim))
-        else:  # the keys past every row's length are masked: read only up to the longest row
-            span = min(max(self._bounds) + 1, self.capacity)
+            self.write_keys(rows)
+        else:
             h = decode_step(word, self.lengths, self.kv, self._tables, self._weights, self._max_distance, span)
-        self._bounds = [min(n + 1, self.capacity) for n in self._bounds]
         self.n_words += keep
         self.lengths += keep
         return h
+
+    def record(self, word: torch.Tensor) -> None:
+        """Write ``word`` (B, fields) into each row's history at its length, before the
+        step that appends it (and grow the host-side bounds of the lengths)."""
+        self._max_words += 1  # an upper bound of n_words, known without a host sync
+        self._reserve(self._max_words + 1)
+        self.history[self._rows, self.n_words] = word
+        self._bounds = [min(n + 1, self.capacity) for n in self._bounds]
+
+    def write_keys(self, rows: torch.Tensor) -> None:
+        """Write the new word's keys and values, (layers, B, 2 * d) from
+        :func:`decode_step_pure`, at each row's slot (before the lengths grow)."""
+        flat = (self._layer_rows + (self._row_heads + self.lengths.clamp(max=self.capacity - 1)[:, None]).flatten())
+        self.kv.view(-1, self.head_dim).index_copy_(0, flat.flatten(), rows.reshape(-1, self.head_dim))
 
 
 def step_inputs(word: torch.Tensor, lengths: torch.Tensor, kv: torch.Tensor, tables: tuple, max_distance: int,
@@ -269,22 +278,9 @@ def decode_step_pure(word: torch.Tensor, lengths: torch.Tensor, kv: torch.Tensor
 def compiled_step():
     """:func:`decode_step` through ``torch.compile`` (static shapes; one compiled graph
     per batch size and capacity, shared by every Decoder of the process). The first
-    step of each shape compiles (tens of seconds on this CPU): warm it off the request
-    path (:func:`warm_up`)."""
+    step of each shape compiles (tens of seconds on this CPU). The whole word compiled,
+    sampler and grammar included: :mod:`cwcompose.fused`."""
     return torch.compile(decode_step_pure, dynamic=False, fullgraph=True)
-
-
-def warm_up(model: CPTransformer, batches: tuple[int, ...] = (1,)) -> float:
-    """Compile the decode step for ``batches`` (e.g. in a background thread at app
-    start); returns the seconds it took."""
-    started = time.perf_counter()
-    for batch in batches:
-        decoder = Decoder(model, batch, compile=True)
-        with torch.inference_mode():
-            decoder.prefill(np.array([[FAMILY_METRIC, BAR] + [IGNORE] * (len(FIELDS) - 2)]))
-            decoder.step(torch.full((batch, len(FIELDS)), IGNORE, device=decoder.device),
-                         torch.zeros(batch, dtype=torch.bool, device=decoder.device))
-    return time.perf_counter() - started
 
 
 @dataclass(frozen=True)
@@ -380,15 +376,7 @@ class WordSampler:
         self.applies_table = torch.stack([applies(current, f) for f in rest], 1).to(p.device)
         # the pipeline: grammar, then processors; Temperature / TopP run on every field at once
         self.custom = any(not isinstance(q, (Temperature, TopP)) for q in processors)
-        self.pipeline = list(processors)
-        self.factors = {}
-        for q in processors:
-            if isinstance(q, Temperature):
-                self.factors[id(q)] = torch.tensor([[t if t > 0 else 1.0] for t in (q.values[f] for f in FIELDS)],
-                                                   dtype=torch.float32, device=p.device)
-            elif isinstance(q, TopP):
-                self.factors[id(q)] = torch.tensor([[v if v < 1.0 else float("inf")] for v in (q.values[f] for f in FIELDS)],
-                                                   dtype=torch.float32, device=p.device)
+        self.pipeline = [(q, *_stage(q, p.device)) for q in processors]
         self.greedy = greedy
         self.keys = row_keys(torch.tensor(seeds, dtype=torch.long, device=p.device))
         offsets = np.cumsum([0] + self.sizes[:-1])
@@ -414,43 +402,51 @@ class WordSampler:
         """Draw the family of word ``word_index`` of every row into ``state.current``; (B,)."""
         state.begin_word()
         self._noise = self._noise_for(word_index)
-        out = F.linear(h, self.first_w, self.first_b)
-        self._rest = out[:, self.n_family:]
-        logits = out[:, None, :self.n_family].float().masked_fill(~allowed(state, "family")[:, None], float("-inf"))
-        value = self._process(state, logits, 0)
-        state.current[:, COL["family"]] = value[:, 0]
+        self._rest = self.draw_family(h, state, self._noise)
         return state.current[:, COL["family"]]
+
+    def draw_family(self, h: torch.Tensor, state: WordState, noise: torch.Tensor) -> torch.Tensor:
+        """The family draw with the word's ``noise`` (B, n_fields, width) into the begun word
+        ``state.current``; returns h's part of the other fields' logits, for :meth:`draw_fields`."""
+        out = F.linear(h, self.first_w, self.first_b)
+        logits = out[:, None, :self.n_family].float().masked_fill(~allowed(state, "family")[:, None], float("-inf"))
+        value = self._process(state, logits, 0, noise)
+        state.current[:, COL["family"]] = value[:, 0]
+        return out[:, self.n_family:]
 
     def fields(self, state: WordState, families: set[int] | None = None) -> torch.Tensor:
         """Draw the other fields of the word; returns the finished words (B, fields).
         (``families``, the families present, is accepted for the old signature: every
         field is drawn for every row, which draws the same values.)"""
+        return self.draw_fields(state, self._rest, self._noise)
+
+    def draw_fields(self, state: WordState, rest: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """:meth:`fields` with the family draw's ``rest`` and the word's ``noise`` given."""
         current = state.current
         family = current[:, COL["family"]]
-        logits = (self._rest + self.family_table[family]).view(-1, len(FIELDS) - 1, self.width).float()
+        logits = (rest + self.family_table[family]).view(-1, len(FIELDS) - 1, self.width).float()
         logits = logits.masked_fill(~self.grammar.allowed(state), float("-inf"))
         n_bar_pos = self.sizes[1]
         if not self.custom:
-            value = self._process(state, logits, 1)
+            value = self._process(state, logits, 1, noise)
         else:  # bar_pos first: a constraint on a later field may read it
-            bar_pos = self._process(state, logits[:, :1], 1)
+            bar_pos = self._process(state, logits[:, :1], 1, noise)
             current[:, COL["bar_pos"]] = torch.where(family == FAMILY_METRIC, bar_pos[:, 0], IGNORE)
-            value = torch.cat([bar_pos, self._process(state, logits[:, 1:], 2)], 1)
+            value = torch.cat([bar_pos, self._process(state, logits[:, 1:], 2, noise)], 1)
         keep = self.applies_table[family * n_bar_pos + value[:, 0]]
         current[:, 1:] = torch.where(keep, value, IGNORE)
         return current
 
-    def _process(self, state: WordState, logits: torch.Tensor, first: int) -> torch.Tensor:
+    def _process(self, state: WordState, logits: torch.Tensor, first: int, noise: torch.Tensor) -> torch.Tensor:
         """Processors then the draw for fields ``first ..`` (logits (B, n, width), grammar
-        applied); (B, n) values."""
+        applied) with the word's ``noise``; (B, n) values."""
         n = logits.size(1)
         copied = False
-        for q in self.pipeline:
-            factor = self.factors.get(id(q))
+        for q, factor, cuts in self.pipeline:
             if isinstance(q, Temperature):
                 logits = logits / factor[first:first + n]
             elif isinstance(q, TopP):
-                if any(q.values[f] < 1.0 for f in FIELDS[first:first + n]):  # else nothing to cut
+                if any(cuts[first:first + n]):  # else nothing to cut
                     logits = top_p_rows(logits, factor[first:first + n])
             else:
                 if not copied:
@@ -461,4 +457,19 @@ class WordSampler:
                     out = q(state, FIELDS[first + i], view)
                     if out is not view:
                         view.copy_(out)
-        return torch.argmax(logits + self._noise[:, first:first + n, :logits.size(2)], dim=-1)
+        return torch.argmax(logits + noise[:, first:first + n, :logits.size(2)], dim=-1)
+
+
+def _stage(q: Processor, device: torch.device) -> tuple[torch.Tensor | None, tuple[bool, ...]]:
+    """A processor's place in the pipeline: its factor per field, (n_fields, 1) float32 (a
+    Temperature's divisor, 1 for temperature 0; a TopP's share, inf for 1), and whether
+    each field has a nucleus to cut (a TopP below 1). Kept by position, not by ``id(q)``,
+    and as tensors and flags rather than values: a compiled step guards on what it reads."""
+    if isinstance(q, Temperature):
+        values = [t if t > 0 else 1.0 for t in (q.values[f] for f in FIELDS)]
+    elif isinstance(q, TopP):
+        values = [v if v < 1.0 else float("inf") for v in (q.values[f] for f in FIELDS)]
+    else:
+        return None, (False,) * len(FIELDS)
+    factor = torch.tensor(values, dtype=torch.float32, device=device)[:, None]
+    return factor, tuple(isinstance(q, TopP) and v < float("inf") for v in values)

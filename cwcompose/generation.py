@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from cwcompose.decoder import Decoder, Processor, WordSampler
+from cwcompose.fused import FusedWords, finish_word, worth_compiling
 from cwcompose.grammar import MAX_NOTES_PER_ONSET, WordState
 from cwcompose.model import CPTransformer
 from cwcompose.render import ticks_to_seconds
@@ -141,15 +142,17 @@ class _Rows:
 def iter_compose(model: CPTransformer, tokenizer: CPTokenizer, *, primer=None, primer_bars: int = 8, bars: int = 16,
                  variations: int = 1, seed: int = 0, sampling: SamplingConfig | None = None,
                  constraints: Sequence[Processor] = (), from_bar: int | None = None,
-                 max_seconds: float | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> Iterator[BarDone | Done]:
+                 max_seconds: float | None = None, should_stop: Callable[[], bool] | None = None,
+                 compile: bool = False) -> Iterator[BarDone | Done]:
     """Continue ``primer`` (path, bytes, MidiFile, words or None) by ``bars`` bars,
     ``variations`` times (row i with seed ``seed + i``; row i is what a run of one with
     that seed writes). ``from_bar``: keep only the primer's first N bars (then its last
     ``primer_bars``). Yields a :class:`BarDone` per finished bar per row, in order, and
     a final :class:`Done`. A row stops after ``bars`` bars or once its music passes
     ``max_seconds`` (primer included); ``should_stop()`` (checked at every finished bar)
-    stops every row, keeping the bars already finished."""
+    stops every row, keeping the bars already finished. ``compile``: for one variation
+    without custom constraints, each word after the first is one compiled call
+    (:mod:`cwcompose.fused`; the first call compiles, about a minute)."""
     if bars < 1 or primer_bars < 1 or variations < 1:
         raise ValueError("bars, primer_bars and variations must be at least 1")
     sampling = sampling or DEFAULT_SAMPLING
@@ -161,14 +164,14 @@ def iter_compose(model: CPTransformer, tokenizer: CPTokenizer, *, primer=None, p
     sampler = WordSampler(model, [seed + i for i in range(variations)],
                           [*constraints, *sampling_processors(sampling)],
                           greedy=frozenset(f for f, t in sampling.temperature.items() if t == 0))
-    h = decoder.prefill(opening)
+    fused = FusedWords(decoder, sampler) if compile and worth_compiling(sampler, variations) else None
+    sampler.family(decoder.prefill(opening), state, 0)
     rows = _Rows(bars=[int(state.bar[0])] * variations, done=[False] * variations, reported=[0] * variations,
                  cut=[None] * variations, stopped=[False] * variations)
     first_bar = count_bars(opening) - (0 if primer_length else 1)  # the first generated bar, counted in `opening`
-    for index in range(bars * MAX_WORDS_PER_BAR + 1):
-        family = sampler.family(h, state, index)
-        info = torch.stack([family, state.done.long(), state.bar, decoder.lengths, decoder.n_words]).tolist()  # the sync
-        families, done, bar, lengths, n_words = info
+    for index in range(bars * MAX_WORDS_PER_BAR + 1):  # word ``index``'s family is drawn
+        info = torch.stack([state.done.long(), state.bar, decoder.lengths, decoder.n_words]).tolist()  # the sync
+        done, bar, lengths, n_words = info
         stop = False
         for event in _bar_events(tokenizer, decoder, state, rows, bar, done, n_words, first_bar, max_seconds):
             yield event
@@ -182,8 +185,7 @@ def iter_compose(model: CPTransformer, tokenizer: CPTokenizer, *, primer=None, p
         if all(rows.done) or index == bars * MAX_WORDS_PER_BAR:
             break
         decoder.slide(decoder.full_rows(lengths, rows.done))
-        word = sampler.fields(state, {f for f, d in zip(families, rows.done) if not d})
-        h = decoder.step(word, state.advance(word))
+        finish_word(decoder, sampler, fused, state, index)
     yield Done([_finish(tokenizer, _row_words(decoder, rows, r), primer_length, seed + r, rows.stopped[r],
                         count_bars(opening[:primer_length])) for r in range(variations)])
 
@@ -241,12 +243,13 @@ def _row_words(decoder: Decoder, rows: _Rows, r: int) -> np.ndarray:
 def compose(model: CPTransformer, tokenizer: CPTokenizer, *, primer=None, primer_bars: int = 8, bars: int = 16,
             max_seconds: float | None = None, sampling: SamplingConfig | None = None, seed: int = 0,
             on_bar: Callable[[int, int], bool | None] | None = None, constraints: Sequence[Processor] = (),
-            from_bar: int | None = None) -> Composition:
+            from_bar: int | None = None, compile: bool = False) -> Composition:
     """Continue ``primer`` (path, bytes, MidiFile, words or None) by ``bars`` bars.
 
     Stops after ``bars`` bars, or once ``max_seconds`` of music (primer included) are
     written, or when ``on_bar(bars_done, bars)`` returns False (the bars done are kept,
-    ``stopped_early`` set). Same inputs and seed -> same words."""
+    ``stopped_early`` set). Same inputs and seed -> same words. ``compile``: as
+    :func:`iter_compose` (off the request path: the first call compiles)."""
     stop = [False]
 
     def progress(event: BarDone) -> None:
@@ -255,7 +258,7 @@ def compose(model: CPTransformer, tokenizer: CPTokenizer, *, primer=None, primer
 
     for event in iter_compose(model, tokenizer, primer=primer, primer_bars=primer_bars, bars=bars, seed=seed,
                               sampling=sampling, constraints=constraints, from_bar=from_bar,
-                              max_seconds=max_seconds, should_stop=lambda: stop[0]):
+                              max_seconds=max_seconds, should_stop=lambda: stop[0], compile=compile):
         if isinstance(event, BarDone):
             progress(event)
         else:

@@ -112,17 +112,23 @@ class WordState:
 _KIND_JUMP: dict[tuple, tuple[torch.Tensor, tuple[int, int]]] = {}
 
 
-def _kind_and_jump(word: torch.Tensor, vocab_sizes: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B,) kind (KIND_*) and bar jump of each word, by one lookup in a table of
-    (family, bar_pos, rest) built once from :func:`word_kind` and :func:`bar_jump`."""
+def kind_jump_table(vocab_sizes: dict[str, int], device: torch.device) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The (family, bar_pos, rest) -> (kind, jump) table (KIND_*, bars) of :func:`word_kind`
+    and :func:`bar_jump`, and its strides; built once per vocabulary and device (a compiled
+    step builds it first, so that its graph does not)."""
     sizes = (vocab_sizes["family"], vocab_sizes["bar_pos"], vocab_sizes["rest"])
-    key = (sizes, word.device)
+    key = (sizes, device)
     if key not in _KIND_JUMP:
         family, bar_pos, rest = (t.flatten() for t in torch.meshgrid(*(torch.arange(n) for n in sizes), indexing="ij"))
         kind = word_kind(family, bar_pos)
-        table = torch.stack([kind, bar_jump(kind, rest)], 1).to(word.device)
+        table = torch.stack([kind, bar_jump(kind, rest)], 1).to(device)
         _KIND_JUMP[key] = (table, (sizes[1] * sizes[2], sizes[2]))
-    table, (per_family, per_bar_pos) = _KIND_JUMP[key]
+    return _KIND_JUMP[key]
+
+
+def _kind_and_jump(word: torch.Tensor, vocab_sizes: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) kind (KIND_*) and bar jump of each word, by one lookup in :func:`kind_jump_table`."""
+    table, (per_family, per_bar_pos) = kind_jump_table(vocab_sizes, word.device)
     index = word[:, COL["family"]] * per_family + word[:, COL["bar_pos"]] * per_bar_pos + word[:, COL["rest"]]
     found = table[index]
     return found[:, 0], found[:, 1]
