@@ -16,7 +16,6 @@ field that some row needs, each through the processor pipeline (see
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, fields
 from typing import Callable
@@ -76,7 +75,7 @@ def fuse_heads(model: CPTransformer) -> FusedHeads:
 class Decoder:
     """KV-cached forward steps for B rows with per-row lengths and sliding windows."""
 
-    def __init__(self, model: CPTransformer, batch: int, capacity: int | None = None, compile: bool = False):
+    def __init__(self, model: CPTransformer, batch: int, capacity: int | None = None):
         cfg = model.config
         p = next(model.parameters())
         self.model, self.batch, self.device = model, batch, p.device
@@ -113,7 +112,6 @@ class Decoder:
                         self._row_heads, model.norm.weight.detach(), model.norm.bias.detach())
         self._weights = tuple(tuple(getattr(w, f.name) for f in fields(StepWeights) if not f.name.startswith("eps"))
                               for w in self.layers)
-        self.pure_step = compiled_step() if compile else None  # None: the eager step, writing the cache itself
         self._relative = [block.attention.relative.detach() for block in model.blocks]
         self._bounds = [0] * batch  # host-side upper bounds of ``lengths`` (no sync): keys read per step
         self._layer_rows = torch.arange(cfg.n_layers, device=p.device)[:, None] * self.kv[0].numel() // self.head_dim
@@ -173,11 +171,7 @@ class Decoder:
         (B, d_model) after it (rows not kept compute garbage that is overwritten later)."""
         span = min(max(self._bounds) + 1, self.capacity)  # keys past every row's length are masked: not read
         self.record(word)
-        if self.pure_step is not None:
-            h, rows = self.pure_step(word, self.lengths, self.kv, self._tables, self._weights, self._max_distance)
-            self.write_keys(rows)
-        else:
-            h = decode_step(word, self.lengths, self.kv, self._tables, self._weights, self._max_distance, span)
+        h = decode_step(word, self.lengths, self.kv, self._tables, self._weights, self._max_distance, span)
         self.n_words += keep
         self.lengths += keep
         return h
@@ -220,8 +214,8 @@ def decode_step(word: torch.Tensor, lengths: torch.Tensor, kv: torch.Tensor, tab
     """The model's step for one new word per row, a pure function of tensors (but for
     the new keys and values written into ``kv`` (layers, 2, B, H, capacity, head_dim) at
     each row's slot ``min(lengths, capacity - 1)``): word (B, fields) -> h (B, d).
-    ``tables`` and ``weights`` are laid out by :class:`Decoder`; compiled as it is by
-    ``Decoder(..., compile=True)``. Attention reads the first ``span`` slots (all by default)."""
+    ``tables`` and ``weights`` are laid out by :class:`Decoder`. Attention reads the first
+    ``span`` slots (all by default)."""
     row_heads, norm_w, norm_b = tables[4:]
     b, heads, cap, hd = word.size(0), kv.size(3), span or kv.size(4), kv.size(5)
     d = heads * hd
@@ -272,15 +266,6 @@ def decode_step_pure(word: torch.Tensor, lengths: torch.Tensor, kv: torch.Tensor
         u = torch.addmm(up_b, m, up_t)
         x = torch.addmm(x, torch.addcmul(u, u, torch.erf(u)), down_t) + down_b
     return F.layer_norm(x, (d,), norm_w, norm_b, 1e-5), torch.stack(rows)
-
-
-@functools.cache
-def compiled_step():
-    """:func:`decode_step` through ``torch.compile`` (static shapes; one compiled graph
-    per batch size and capacity, shared by every Decoder of the process). The first
-    step of each shape compiles (tens of seconds on this CPU). The whole word compiled,
-    sampler and grammar included: :mod:`cwcompose.fused`."""
-    return torch.compile(decode_step_pure, dynamic=False, fullgraph=True)
 
 
 @dataclass(frozen=True)

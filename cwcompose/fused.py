@@ -3,8 +3,8 @@ advance, the model's decode step, the next word's family.
 
 At this model's size an eager word is mostly per-op overhead: about 200 ops (the model's
 step, the sampler's draws, the grammar's update) at a few microseconds each, beside the
-matmuls' reading of the weights (3.6 MB a word); compiling the model's step alone
-(``Decoder(compile=True)``) leaves the sampler and the grammar eager. The one host sync a word needs
+matmuls' reading of the weights (3.6 MB a word); compiling the model's step alone gained
+little (the sampler and the grammar stayed eager). The one host sync a word needs
 (:func:`cwcompose.generation.iter_compose` reads the rows' bars and lengths for bar events
 and window slides) comes after the family draw, so a word is cut there: everything from
 one sync to the next is one graph of static shapes (one per batch size, model shape and

@@ -25,7 +25,7 @@ from cwcompose.sampling import DEFAULT_SAMPLING, SamplingConfig, sampling_proces
 from cwcompose.tokenizer import CPTokenizer, ScoreNote, tempo_classes_bpm
 from cwcompose.words import (
     BAR, CHORD_NONE, COL, CONTI, FAMILY_END, FAMILY_METRIC, FIELDS, IGNORE, KIND_BAR, KIND_REST, POS0, TEMPO0, VALUE0,
-    bar_jump, bar_starts, count_bars, note_table, read_words, word_kind, word_seconds,
+    bar_jump, count_bars, note_table, read_words, word_kind, word_seconds,
 )
 
 MAX_WORDS_PER_BAR = 32 * (MAX_NOTES_PER_ONSET + 1) + 2

@@ -188,28 +188,6 @@ def test_padded_grammar_equals_the_per_field_rules():
         assert torch.equal(padded[:, i, :sizes[field]], allowed(state, field).expand(n, -1)), field
 
 
-def test_pure_step_used_by_the_compiled_path_equals_the_step(tiny):
-    """decode_step_pure (what Decoder(compile=True) compiles) gives the eager step's
-    hidden states and cache, through window slides."""
-    import cwcompose.decoder as decoder_module
-    model, tokenizer = tiny
-    pieces = wild_words(model, tokenizer, 2, 200, seed=1)
-    runs = []
-    for pure in (False, True):
-        decoder = Decoder(model, batch=2)
-        decoder.pure_step = decoder_module.decode_step_pure if pure else None  # uncompiled: the same function
-        hs = []
-        with torch.inference_mode():
-            decoder.prefill(pieces[0][:1])
-            keep = torch.ones(2, dtype=torch.bool)
-            for t in range(1, 200):
-                decoder.slide(decoder.full_rows(decoder.lengths.tolist(), [False, False]))
-                hs.append(decoder.step(torch.as_tensor(np.stack([pieces[0][t], pieces[1][t]])), keep))
-        runs.append((torch.stack(hs), decoder.kv.clone()))
-    assert (runs[0][0] - runs[1][0]).abs().max() < 1e-5
-    assert (runs[0][1] - runs[1][1]).abs().max() < 1e-5
-
-
 def test_constraints_that_change_nothing_change_no_word(tiny):
     """With a user constraint the sampler draws bar_pos before the other fields (a
     constraint may read it); the words are those of the one-pass draw."""
