@@ -12,13 +12,14 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import gradio as gr
 import torch
 
 from cwcompose.checkpoints import SHIPPED_STEPS, CheckpointError
 from cwcompose.locks import Locks
-from cwcompose.memory import keep_releasing_free_memory, limit_malloc_arenas
+from cwcompose.memory import limit_malloc_arenas, release_free_memory
 from cwcompose.render import RenderError
 from cwcompose.request import DEFAULT_CHECKPOINT, MAX_SEED, MAX_VARIATIONS, ComposeRequest, Limits, RequestError
 from cwcompose.roll_view import HEAD, ab_html, empty_roll_html, variations_html
@@ -28,6 +29,7 @@ from cwcompose.takes import History, locks_summary, numbers_table
 from cwcompose.tokenizer import FIELDS, PITCH_CLASSES, MidiReadError
 
 CHECKPOINTS_ENV = "CWCOMPOSE_CHECKPOINTS"
+MEMORY_RELEASE_SECONDS = 60  # how often free heap pages go back to the system (cwcompose/memory.py)
 DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 # The original author's impressions; docs/EVALUATION.md measures how far they hold here.
 CHECKPOINT_NOTES = {10000: "author: too light, off-key", 28500: "author: just right",
@@ -553,22 +555,22 @@ def launch(studio: Studio, **options) -> gr.Blocks:
     limit_malloc_arenas()  # before Gradio's worker threads exist
     demo = build_demo(studio)
     demo.launch(**{"server_name": "127.0.0.1", "theme": theme(), **launch_options(studio), **options})
-    keep_cache_pruned(demo.GRADIO_CACHE, studio.limits.cache_seconds)
-    keep_releasing_free_memory()
+    age = studio.limits.cache_seconds
+    # Gradio 6.31's own ``delete_cache`` misses the copies made while streaming a generator's
+    # outputs (tracked in per-session copies of the components): about 0.4 GB a minute under load
+    every(age, lambda: prune_old_files(demo.GRADIO_CACHE, age), "prune-gradio-cache")
+    every(MEMORY_RELEASE_SECONDS, release_free_memory, "release-free-memory")
     return demo
 
 
-def keep_cache_pruned(folder: str, age_seconds: float) -> threading.Thread:
-    """Delete Gradio's cached copies of uploads and results once older than ``age_seconds``,
-    checked as often. Gradio 6.31's own ``delete_cache`` misses the copies made while
-    streaming a generator's outputs (they are tracked in per-session copies of the
-    components), which piled up at about 0.4 GB a minute under load."""
-    def prune_forever() -> None:
+def every(seconds: float, action: Callable[[], object], name: str) -> threading.Thread:
+    """Run ``action`` every ``seconds`` in a daemon thread called ``name``, for as long as the process lives."""
+    def forever() -> None:
         while True:
-            time.sleep(age_seconds)
-            prune_old_files(folder, age_seconds)
+            time.sleep(seconds)
+            action()
 
-    thread = threading.Thread(target=prune_forever, name="prune-gradio-cache", daemon=True)
+    thread = threading.Thread(target=forever, name=name, daemon=True)
     thread.start()
     return thread
 

@@ -86,7 +86,6 @@ class Decoder:
         # matmul over a strided batch copies the whole cache first)
         shape = (cfg.n_layers, 2, batch, cfg.n_heads, self.capacity, self.head_dim)
         self.kv = torch.zeros(shape, device=p.device, dtype=p.dtype)
-        self.keys, self.values = self.kv[:, 0], self.kv[:, 1]  # (layers, B, H, capacity, head_dim) views
         self.lengths = torch.zeros(batch, dtype=torch.long, device=p.device)  # words in each row's cache
         self.n_words = torch.zeros(batch, dtype=torch.long, device=p.device)  # words in each row's history
         self.history = torch.zeros((batch, 1024, len(FIELDS)), dtype=torch.long, device=p.device)
@@ -399,10 +398,9 @@ class WordSampler:
         state.current[:, COL["family"]] = value[:, 0]
         return out[:, self.n_family:]
 
-    def fields(self, state: WordState, families: set[int] | None = None) -> torch.Tensor:
-        """Draw the other fields of the word; returns the finished words (B, fields).
-        (``families``, the families present, is accepted for the old signature: every
-        field is drawn for every row, which draws the same values.)"""
+    def fields(self, state: WordState) -> torch.Tensor:
+        """Draw the other fields of the word (every field for every row); returns the
+        finished words (B, fields)."""
         return self.draw_fields(state, self._rest, self._noise)
 
     def draw_fields(self, state: WordState, rest: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -3,18 +3,15 @@
 glibc's malloc gives each new thread its own arena (up to 8 per core) and keeps what a thread
 frees there, for that thread to reuse. The app composes on Gradio's dozens of worker threads,
 each now and then, so under steady traffic the server's resident memory crept up
-(``bench/soak.py``: +12% in 26 minutes) while Python's own allocations stayed flat (2.6-3.2 MB
-traced by tracemalloc over the same run): the growth was free pages held in many arenas.
-Measured on 12-minute soaks: two arenas instead of the default took RSS from ~950 to ~760 MB,
-and ``malloc_trim(0)`` once a minute hands back another 20-140 MB each time.
+(``bench/soak.py``: +12% in 26 minutes) while Python's own allocations stayed flat: the growth
+was free pages held in many arenas. With two arenas and the free pages handed back once a
+minute the soak stays within its 5%.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import threading
-import time
 
 
 M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
@@ -46,14 +43,3 @@ def release_free_memory() -> bool:
     libc.malloc_trim(0)
     return True
 
-
-def keep_releasing_free_memory(every_seconds: float = 60.0) -> threading.Thread:
-    """Call :func:`release_free_memory` every ``every_seconds`` (seconds) in a daemon thread."""
-    def release_forever() -> None:
-        while True:
-            time.sleep(every_seconds)
-            release_free_memory()
-
-    thread = threading.Thread(target=release_forever, name="release-free-memory", daemon=True)
-    thread.start()
-    return thread

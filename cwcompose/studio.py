@@ -40,7 +40,6 @@ from cwcompose.takes import Take, locks_summary
 from cwcompose.turns import StopSignals, Turns
 from cwcompose.words import count_bars
 
-OnBar = Callable[[int, int], None]
 def piece_metrics(composition: Composition, config, checkpoint: int) -> dict:
     """Readable numbers about the generated part (not the primer) of a composition."""
     notes = metrics.excerpt(metrics.to_grid_notes(composition.words, config),

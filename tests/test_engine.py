@@ -202,28 +202,3 @@ def test_constraints_that_change_nothing_change_no_word(tiny):
     watched = compose_variations(model, tokenizer, variations=2, bars=4, seed=3, sampling=WILD, constraints=[watch])
     assert all(np.array_equal(a.words, b.words) for a, b in zip(plain, watched))
     assert seen == set(FIELDS)
-
-
-@pytest.mark.skipif(not __import__("os").environ.get("CWCOMPOSE_TEST_COMPILE"),
-                    reason="compiles the decode step (tens of seconds): set CWCOMPOSE_TEST_COMPILE=1")
-def test_compiled_decoder_draws_the_eager_words(tiny):
-    model, tokenizer = tiny
-    from cwcompose.decoder import WordSampler
-    from cwcompose.grammar import WordState
-    from cwcompose.sampling import sampling_processors
-
-    def words(compiled: bool) -> np.ndarray:
-        opening = np.array([[2, 2] + [1] * (len(FIELDS) - 2)])
-        state = WordState.start(opening, batch=2, bars=10**9, from_primer=False, vocab_sizes=model.config.vocab_sizes)
-        decoder = Decoder(model, 2, compile=compiled)
-        sampler = WordSampler(model, [0, 1], sampling_processors(WILD))
-        with torch.inference_mode():
-            h = decoder.prefill(opening)
-            for index in range(150):
-                family = sampler.family(h, state, index)
-                decoder.slide(decoder.full_rows(decoder.lengths.tolist(), [False, False]))
-                word = sampler.fields(state)
-                h = decoder.step(word, state.advance(word))
-        return decoder.history[:, :int(decoder.n_words.max())].numpy()
-
-    assert np.array_equal(words(True), words(False))
