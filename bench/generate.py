@@ -4,8 +4,11 @@
         [--compile [--compare-eager]] [--rounds 2]
 
 Prints single-stream words/s (batch 1), 8-variation aggregate words/s (batch 8), the time
-per word around word 1k and around word ``--long`` (flat cost = unlimited length), and a
-16-bar compose from a cold engine. Exits 1 when a target is missed: single stream >= 2,000
+per word around word 1k and around word ``--long`` (flat cost = unlimited length), a
+16-bar compose from a cold engine, and where the time goes: the model's step alone at a
+steady-state context (no sampling, no grammar) beside the time it takes merely to read
+the weights and the cache that step reads (the memory floor); at a short context the
+step's time is the cost of its ~70 PyTorch ops, not of the data they read. Exits 1 when a target is missed: single stream >= 2,000
 words/s, 8 variations >= 5,000 words/s, per-word time at 10k / at 1k <= 1.25. Measured on a
 shared machine the figures are indicative only (the load average is printed beside them).
 """
@@ -21,7 +24,7 @@ import numpy as np
 import torch
 
 from cwcompose.checkpoints import CheckpointError, load_checkpoint
-from cwcompose.decoder import Decoder, WordSampler
+from cwcompose.decoder import Decoder, WordSampler, decode_step
 from cwcompose.fused import FusedWords, finish_word, warm_up, worth_compiling
 from cwcompose.generation import compose
 from cwcompose.grammar import WordState
@@ -60,6 +63,29 @@ def run_words(model: CPTransformer, batch: int, n_words: int, seed: int = 0, com
         family = finish_word(decoder, sampler, fused, state, index)
         stamps.append(time.perf_counter() - t0)
     return stamps
+
+
+def timed_ms(fn, repeats: int = 300) -> float:
+    for _ in range(20):
+        fn()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - started) / repeats * 1000
+
+
+@torch.inference_mode()
+def step_floor(model: CPTransformer, batch: int, context: int = 900) -> tuple[float, float]:
+    """The eager model step alone for ``batch`` rows of ``context`` cached words, and the
+    time to read the weights and that cache once (ms): what a word costs before sampling."""
+    decoder = Decoder(model, batch)
+    decoder.lengths.fill_(context)
+    word = torch.zeros((batch, len(FIELDS)), dtype=torch.long)
+    tables, weights, max_distance = decoder.step_constants()
+    step = timed_ms(lambda: decode_step(word, decoder.lengths, decoder.kv, tables, weights, max_distance, context + 1))
+    cache = decoder.kv[..., :context, :].contiguous()
+    flat = torch.cat([w.flatten() for layer in weights for w in layer])
+    return step, timed_ms(lambda: (cache.sum(), flat.sum()))
 
 
 def per_word_ms(stamps: list[float], around: int, span: int = 500) -> float:
@@ -116,6 +142,11 @@ def main() -> int:
         print(f"compiled / eager: single {c['single'] / e['single']:.2f}x, 8 variations {c['batch8'] / e['batch8']:.2f}x")
     print(f"compose 16 bars (the CLI's eager path, engine built cold): {len(piece.words)} words in {compose_s:.2f} s; "
           f"load average now {os.getloadavg()[0]:.2f}")
+    for batch, context in ((1, 100), (1, 900), (8, 900)):
+        step, floor = step_floor(model, batch, context)
+        print(f"where a word's time goes, {batch} row(s) at context {context}: the model's step alone {step:.3f} ms "
+              f"(<= {batch * 1000 / step:,.0f} words/s with free sampling); reading its weights and cache "
+              f"{floor:.3f} ms (<= {batch * 1000 / floor:,.0f} words/s)")
     single, batch8, at_1k, at_long = (results[variants[0][0]][k] for k in ("single", "batch8", "at_1k", "at_long"))
     missed = [name for name, ok in (("single", single >= TARGETS["single"]), ("batch8", batch8 >= TARGETS["batch8"]),
                                      ("flatness", at_long / at_1k <= TARGETS["flatness"])) if not ok]

@@ -175,6 +175,11 @@ class Decoder:
         self.lengths += keep
         return h
 
+    def step_constants(self) -> tuple[tuple, tuple, int]:
+        """What a decode step reads besides the cache and the lengths: the embedding and
+        norm tables, each layer's :class:`StepWeights` as a tuple, the relative-distance clip."""
+        return self._tables, self._weights, self._max_distance
+
     def record(self, word: torch.Tensor) -> None:
         """Write ``word`` (B, fields) into each row's history at its length, before the
         step that appends it (and grow the host-side bounds of the lengths)."""
@@ -370,10 +375,11 @@ class WordSampler:
         self.noise_scale = torch.tensor([0.0 if f in greedy else 1.0 for f in FIELDS for _ in range(width)],
                                         device=p.device)
         self._block = (-1, None)
-        self._noise = None
-        self._rest = None
+        # from a word's family draw to its fields' draw: the word's noise, h's part of the fields' logits
+        self.pending_noise: torch.Tensor | None = None
+        self.pending_rest: torch.Tensor | None = None
 
-    def _noise_for(self, word_index: int) -> torch.Tensor:
+    def noise_for(self, word_index: int) -> torch.Tensor:
         """(B, n_fields, width) Gumbel noise of word ``word_index`` (0 where greedy)."""
         first = word_index - word_index % self.NOISE_BLOCK
         if self._block[0] != first:
@@ -385,8 +391,8 @@ class WordSampler:
     def family(self, h: torch.Tensor, state: WordState, word_index: int) -> torch.Tensor:
         """Draw the family of word ``word_index`` of every row into ``state.current``; (B,)."""
         state.begin_word()
-        self._noise = self._noise_for(word_index)
-        self._rest = self.draw_family(h, state, self._noise)
+        self.pending_noise = self.noise_for(word_index)
+        self.pending_rest = self.draw_family(h, state, self.pending_noise)
         return state.current[:, COL["family"]]
 
     def draw_family(self, h: torch.Tensor, state: WordState, noise: torch.Tensor) -> torch.Tensor:
@@ -401,7 +407,7 @@ class WordSampler:
     def fields(self, state: WordState) -> torch.Tensor:
         """Draw the other fields of the word (every field for every row); returns the
         finished words (B, fields)."""
-        return self.draw_fields(state, self._rest, self._noise)
+        return self.draw_fields(state, self.pending_rest, self.pending_noise)
 
     def draw_fields(self, state: WordState, rest: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """:meth:`fields` with the family draw's ``rest`` and the word's ``noise`` given."""

@@ -11,7 +11,7 @@ one sync to the next is one graph of static shapes (one per batch size, model sh
 set of fields with a top-p below 1), with the C++ wrapper (no Python between its kernels).
 
 Outside the graph stay what changes shape or is made a block of words at a time: the
-Gumbel noise (:meth:`WordSampler._noise_for`, so the compiled step draws with the very
+Gumbel noise (:meth:`WordSampler.noise_for`, so the compiled step draws with the very
 noise the eager step draws with), the growing history, and the new keys' write into the
 cache (one ``index_copy_``: a graph that writes into a slice of an input copies the whole
 cache). The compiler's fused arithmetic rounds the hidden states differently in the last
@@ -93,17 +93,17 @@ class FusedWords:
     def step(self, state: WordState, word_index: int) -> torch.Tensor:
         """Finish word ``word_index`` (its family drawn), append it where the rows keep it,
         draw the next word's family; returns it (B,). The sampler keeps the carry between
-        the draws (``_rest``, ``_noise``), so eager and compiled steps may alternate."""
+        the draws (``pending_rest``, ``pending_noise``), so eager and compiled steps may alternate."""
         d, s = self.decoder, self.sampler
-        next_noise = s._noise_for(word_index + 1)
+        next_noise = s.noise_for(word_index + 1)
         word, tensors, rest, lengths, n_words, new_keys = self.step_fn(
-            s, d._tables, d._weights, d._max_distance, state.vocab_sizes, state.allow_end,
-            tuple(getattr(state, f) for f in STATE_TENSORS), s._rest, s._noise, next_noise, d.kv, d.lengths,
-            d.n_words)
+            s, *d.step_constants(), state.vocab_sizes, state.allow_end,
+            tuple(getattr(state, f) for f in STATE_TENSORS), s.pending_rest, s.pending_noise, next_noise, d.kv,
+            d.lengths, d.n_words)
         d.record(word)
         d.write_keys(new_keys)
         d.lengths, d.n_words = lengths, n_words
-        s._rest, s._noise = rest, next_noise
+        s.pending_rest, s.pending_noise = rest, next_noise
         for name, value in zip(STATE_TENSORS, tensors):
             setattr(state, name, value)
         return state.current[:, COL["family"]]
