@@ -24,7 +24,7 @@ from cwcompose.render import RenderError
 from cwcompose.request import DEFAULT_CHECKPOINT, MAX_SEED, MAX_VARIATIONS, ComposeRequest, Limits, RequestError
 from cwcompose.roll_view import HEAD, ab_html, empty_roll_html, variations_html
 from cwcompose.sampling import DEFAULT_SAMPLING, FIELD_LABELS, MAX_TEMPERATURE, PRESETS, SamplingConfig
-from cwcompose.studio import Partial, Studio, first_seed, prune_old_files, stream_compose
+from cwcompose.studio import Partial, Studio, compare_checkpoints, prune_old_files, stream_compose
 from cwcompose.takes import History, locks_summary, numbers_table
 from cwcompose.tokenizer import FIELDS, PITCH_CLASSES, MidiReadError
 
@@ -318,19 +318,27 @@ def takes_rows(history: History) -> list[list]:
             for t in history.takes] or [["", "", "", "", ""]]
 
 
-def wire_events(studio: Studio, history: gr.State, c: dict, r: dict, compare_ui: dict) -> None:
-    sliders = slider_inputs(c)
-    main_outputs = [r["audio"], r["midi"], r["piano_roll"], r["numbers"], c["seed"]]
+def take_outputs(take, seed_fallback=0) -> tuple:
+    """What the result panel shows of ``take``: audio, MIDI, roll, numbers, seed."""
+    if take is None:
+        return None, None, empty_roll_html("No takes yet: press Generate."), EMPTY_NUMBERS, seed_fallback
+    return (str(take.audio_path) if take.audio_path else None, str(take.midi_path), take.roll,
+            {"headers": NUMBER_HEADERS, "data": numbers_table(take.numbers)}, take.seed)
 
-    def take_values(take, seed_fallback=0) -> tuple:
-        if take is None:
-            return None, None, empty_roll_html("No takes yet: press Generate."), EMPTY_NUMBERS, seed_fallback
-        return (str(take.audio_path) if take.audio_path else None, str(take.midi_path), take.roll,
-                {"headers": NUMBER_HEADERS, "data": numbers_table(take.numbers)}, take.seed)
 
-    def stream(req: ComposeRequest, hist: History, request: gr.Request, label: str):
+class TakeEvents:
+    """The compose tab's handlers: compose, rewind and continue stream a take into the result
+    panel; undo and keep move through the session's :class:`History`; the history list follows."""
+
+    def __init__(self, studio: Studio, history: gr.State, c: dict, r: dict):
+        self.studio, self.history, self.c, self.r = studio, history, c, r
+        budget = gpu(studio.limits.request_seconds)
+        self.compose, self.rewind, self.continue_take = budget(self.compose), budget(self.rewind), budget(
+            self.continue_take)
+
+    def stream(self, req: ComposeRequest, hist: History, request: gr.Request, label: str):
         """Streamed updates (the roll, which carries the audio chunk list), then the final take."""
-        key = session_key(request)
+        studio, r, key = self.studio, self.r, session_key(request)
         try:
             with studio.turns.turn(key) as turn:  # fair queuing: one waiting request per session
                 while not turn.wait(timeout=1.0):  # yielding lets Gradio drop a request whose client left
@@ -338,59 +346,53 @@ def wire_events(studio: Studio, history: gr.State, c: dict, r: dict, compare_ui:
                 stop = studio.stops.start(key)
                 try:
                     for event in stream_compose(studio, req, stop, label=label):
-                        if isinstance(event, Partial):
-                            yield {r["piano_roll"]: event.roll}
-                        else:
-                            hist.add(event[0], event if len(event) > 1 else [])
-                            if event[0].audio_path is None:  # the soundfont is gone: MIDI and roll only
-                                gr.Warning(studio.audio_problem or "No audio this time: the soundfont could not be "
-                                           "loaded. The MIDI file and the piano roll are ready.")
-                            audio, midi, roll, numbers, seed = take_values(event[0])
-                            yield {r["audio"]: audio, r["midi"]: midi, r["piano_roll"]: roll, r["numbers"]: numbers,
-                                   c["seed"]: seed, history: hist}
+                        yield {r["piano_roll"]: event.roll} if isinstance(event, Partial) else self.finished(event, hist)
                 finally:
                     studio.stops.finish(key, stop)
         except USER_ERRORS as err:
             raise gr.Error(str(err)) from err
 
-    @gpu(studio.limits.request_seconds)
-    def compose(checkpoint=DEFAULT_CHECKPOINT, primer=None, bars=16, variations=1, chords=None, key=None, key_strength=1.0,
-                tempo_bpm=0, primer_bars=8, seed=0, random_seed=True, hist: History = None,
+    def finished(self, takes: list, hist: History) -> dict:
+        hist.add(takes[0], takes if len(takes) > 1 else [])
+        if takes[0].audio_path is None:  # the soundfont is gone: MIDI and roll only
+            gr.Warning(self.studio.audio_problem or "No audio this time: the soundfont could not be loaded. "
+                       "The MIDI file and the piano roll are ready.")
+        return dict(zip(self.main_outputs(), take_outputs(takes[0]))) | {self.history: hist}
+
+    def main_outputs(self) -> list:
+        return [self.r["audio"], self.r["midi"], self.r["piano_roll"], self.r["numbers"], self.c["seed"]]
+
+    def compose(self, checkpoint=DEFAULT_CHECKPOINT, primer=None, bars=16, variations=1, chords=None, key=None,
+                key_strength=1.0, tempo_bpm=0, primer_bars=8, seed=0, random_seed=True, hist: History = None,
                 request: gr.Request = None, **sampling):
         req = build_request(checkpoint, primer, primer_bars, bars, seed, random_seed, sampling,
                             variations=variations, locks=locks_from(chords, key, key_strength, tempo_bpm))
-        yield from stream(req, hist, request, label="")
+        yield from self.stream(req, hist, request, label="")
 
-    @gpu(studio.limits.request_seconds)
-    def rewind(bar, seed, random_seed, hist: History, request: gr.Request):
+    def rewind(self, bar, seed, random_seed, hist: History, request: gr.Request):
         take = current_take(hist)
         if bar is None or not 1 <= bar <= take.bars - 1:
             raise gr.Error(f"Keep from 1 to {take.bars - 1} bars: the current take has {take.bars}, and at least "
                            "one bar must be composed again.")
-        bar = int(bar)
-        try:  # the engine keeps the take's first N bars (from_bar) and composes the rest again
-            req = dataclasses.replace(take.request, primer=None, primer_words=take.composition.words, from_bar=bar,
-                                      primer_bars=bar, bars=take.bars - bar, variations=1,
-                                      seed=None if random_seed else seed)
-        except ValueError as err:
-            raise gr.Error(str(err)) from err
-        yield from stream(req, hist, request, label=f"rewound from bar {bar}")
+        bar = int(bar)  # the engine keeps the take's first N bars (from_bar) and composes the rest again
+        req = replace_request(take.request, primer=None, primer_words=take.composition.words, from_bar=bar,
+                              primer_bars=bar, bars=take.bars - bar, variations=1,
+                              seed=None if random_seed else seed)
+        yield from self.stream(req, hist, request, label=f"rewound from bar {bar}")
 
-    @gpu(studio.limits.request_seconds)
-    def continue_take(bars, seed, random_seed, hist: History, request: gr.Request):
+    def continue_take(self, bars, seed, random_seed, hist: History, request: gr.Request):
         take = current_take(hist)
-        try:
-            req = dataclasses.replace(take.request, primer=None, primer_words=take.composition.words,
-                                      primer_bars=take.bars, from_bar=None, bars=bars, variations=1,
-                                      seed=None if random_seed else seed)
-        except ValueError as err:
-            raise gr.Error(str(err)) from err
-        yield from stream(req, hist, request, label="continued")
+        req = replace_request(take.request, primer=None, primer_words=take.composition.words,
+                              primer_bars=take.bars, from_bar=None, bars=bars, variations=1,
+                              seed=None if random_seed else seed)
+        yield from self.stream(req, hist, request, label="continued")
 
+    @staticmethod
     def undo(hist: History):
         hist.undo()
-        return (*take_values(hist.current), hist)
+        return (*take_outputs(hist.current), hist)
 
+    @staticmethod
     def keep(choice, hist: History):
         if not choice:
             raise gr.Error("Pick a variation to keep first.")
@@ -398,44 +400,58 @@ def wire_events(studio: Studio, history: gr.State, c: dict, r: dict, compare_ui:
             take = hist.keep(int(choice) - 1)
         except RequestError as err:
             raise gr.Error(str(err)) from err
-        return (*take_values(take), hist)
+        return (*take_outputs(take), hist)
 
+    @staticmethod
     def show_history(hist: History):
         n = len(hist.variations)
         items = [(f"Variation {i + 1} (seed {t.seed})", t.roll_small, str(t.audio_path))
                  for i, t in enumerate(hist.variations) if t.audio_path] if n else []
-        return (takes_rows(hist), variations_html(items),
-                gr.update(value="1", visible=n > 1),
-                gr.update(visible=n > 1))
+        return takes_rows(hist), variations_html(items), gr.update(value="1", visible=n > 1), gr.update(visible=n > 1)
 
-    history_outputs = [r["takes"], r["variations"], r["keep_choice"], r["keep"]]
-    compose_inputs = [c[k] for k in ("checkpoint", "primer", "bars", "variations", "chords", "key", "key_strength",
-                                     "tempo", "primer_bars", "seed", "random_seed")] + [history]
-    queued = studio_queue(studio)
-    events = [  # always_last: a click while composing replaces the pending one (the browser keeps one)
-        c["generate"].click(compose, compose_inputs, [*main_outputs, history], inputs_kwargs=sliders,
-                            api_name="compose", show_progress="minimal", trigger_mode="always_last", **queued),
-        r["rewind"].click(rewind, [r["rewind_bar"], c["seed"], c["random_seed"], history], [*main_outputs, history],
-                          api_name="rewind", show_progress="minimal", **queued),
-        r["continue"].click(continue_take, [c["bars"], c["seed"], c["random_seed"], history],
-                            [*main_outputs, history], api_name="continue", show_progress="minimal", **queued),
-        c["undo"].click(undo, history, [*main_outputs, history], api_name="undo"),
-        r["keep"].click(keep, [r["keep_choice"], history], [*main_outputs, history], api_name="keep"),
-    ]
-    for event in events:
-        event.then(show_history, history, history_outputs, api_visibility="private")
+    def stop_clicked(self, request: gr.Request):
+        self.studio.turns.drop_waiting(session_key(request))
+        self.studio.stops.stop(session_key(request))
 
-    def stop_clicked(request: gr.Request):
-        studio.turns.drop_waiting(session_key(request))
-        studio.stops.stop(session_key(request))
+    def wire(self, sliders: dict) -> None:
+        c, r, history = self.c, self.r, self.history
+        outputs = [*self.main_outputs(), history]
+        compose_inputs = [c[k] for k in ("checkpoint", "primer", "bars", "variations", "chords", "key",
+                                         "key_strength", "tempo", "primer_bars", "seed", "random_seed")] + [history]
+        queued = studio_queue(self.studio)
+        events = [  # always_last: a click while composing replaces the pending one (the browser keeps one)
+            c["generate"].click(self.compose, compose_inputs, outputs, inputs_kwargs=sliders, api_name="compose",
+                                show_progress="minimal", trigger_mode="always_last", **queued),
+            r["rewind"].click(self.rewind, [r["rewind_bar"], c["seed"], c["random_seed"], history], outputs,
+                              api_name="rewind", show_progress="minimal", **queued),
+            r["continue"].click(self.continue_take, [c["bars"], c["seed"], c["random_seed"], history], outputs,
+                                api_name="continue", show_progress="minimal", **queued),
+            c["undo"].click(self.undo, history, outputs, api_name="undo"),
+            r["keep"].click(self.keep, [r["keep_choice"], history], outputs, api_name="keep"),
+        ]
+        for event in events:
+            event.then(self.show_history, history, [r["takes"], r["variations"], r["keep_choice"], r["keep"]],
+                       api_visibility="private")
+        c["stop"].click(self.stop_clicked, None, None, api_name="stop")
 
-    c["stop"].click(stop_clicked, None, None, api_name="stop")
+
+def wire_events(studio: Studio, history: gr.State, c: dict, r: dict, compare_ui: dict) -> None:
+    sliders = slider_inputs(c)
+    TakeEvents(studio, history, c, r).wire(sliders)
     wire_compare(studio, c, compare_ui, sliders)
     c["preset"].change(lambda name: preset_values(c, PRESETS[name]), c["preset"], list(sliders.values()),
                        api_visibility="private")
     c["reset"].click(lambda: {**preset_values(c, DEFAULT_SAMPLING), c["preset"]: "balanced",
                               c["primer_bars"]: DEFAULT_REQUEST.primer_bars, c["bars"]: DEFAULT_REQUEST.bars},
                      None, [*sliders.values(), c["preset"], c["primer_bars"], c["bars"]], api_visibility="private")
+
+
+def replace_request(request: ComposeRequest, **changes) -> ComposeRequest:
+    """``request`` with ``changes``; a change the request refuses is shown to the user."""
+    try:
+        return dataclasses.replace(request, **changes)
+    except ValueError as err:
+        raise gr.Error(str(err)) from err
 
 
 def current_take(hist: History):
@@ -456,7 +472,7 @@ def wire_compare(studio: Studio, c: dict, ui: dict, sliders: dict) -> None:
                 turn.wait()
                 stop = studio.stops.start(key_)
                 try:
-                    takes = studio_compare(studio, req, stop)
+                    takes = compare_checkpoints(studio, req, stop)
                 finally:
                     studio.stops.finish(key_, stop)
         except USER_ERRORS as err:
@@ -488,27 +504,6 @@ def wire_compare(studio: Studio, c: dict, ui: dict, sliders: dict) -> None:
         studio.stops.stop(session_key(request))
 
     ui["stop"].click(stop_clicked, None, None, api_visibility="private")
-
-
-def studio_compare(studio: Studio, req: ComposeRequest, stop) -> dict:
-    """Every shipped checkpoint on one request and seed: step -> Take, or a message if missing."""
-    available = studio.available_checkpoints()
-    if not available:
-        raise CheckpointError(f"no checkpoints in {studio.checkpoint_dir}")
-    seed = first_seed(req)  # one seed for every checkpoint, checked against the variations asked for
-    out = {}
-    for step in SHIPPED_STEPS:
-        if step not in available:
-            out[step] = studio.missing_checkpoint_message(step)
-            continue
-        try:
-            for event in stream_compose(studio, dataclasses.replace(req, checkpoint=step, seed=seed), stop,
-                                        label=f"checkpoint {step}"):
-                if not isinstance(event, Partial):
-                    out[step] = event[0]
-        except CheckpointError as err:  # a damaged checkpoint: the others still play
-            out[step] = str(err)
-    return out
 
 
 def studio_queue(studio: Studio) -> dict:

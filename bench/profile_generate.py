@@ -39,7 +39,6 @@ def main() -> int:
         run_words(model, args.batch, args.words, compile=args.compile)
     events = prof.key_averages()
     ops = [e for e in events if e.key.startswith("aten::")]
-    top = [e for e in ops if not any(e.key == p.key for p in ())]
     calls = sum(e.count for e in ops)
     print(f"{what}, batch {args.batch}, {args.words} words, load average {os.getloadavg()[0]:.2f}: "
           f"{plain:.3f} ms/word unprofiled; {calls / args.words:.0f} aten calls per word (nested included)")

@@ -153,7 +153,7 @@ class Studio:
         """The folder holding every result file (the app serves files from it)."""
         return self._workdir
 
-    def _new_result_dir(self) -> Path:
+    def new_result_dir(self) -> Path:
         """A fresh folder for one result; the oldest folders beyond ``kept_results`` are deleted."""
         folder = Path(tempfile.mkdtemp(dir=self._workdir))
         sink = getattr(self._made_here, "folders", None)  # guard_result_files: the folders of this request
@@ -323,7 +323,7 @@ def guard_result_files(stream: Callable) -> Callable:
         try:
             while True:
                 # each step runs on the calling thread (Gradio may change threads between steps),
-                # so a thread-local tells _new_result_dir whose folder it makes
+                # so a thread-local tells new_result_dir whose folder it makes
                 studio._made_here.folders = made
                 try:
                     event = next(inner)
@@ -343,6 +343,50 @@ def guard_result_files(stream: Callable) -> Callable:
     return guarded
 
 
+def request_opening(tokenizer, request: ComposeRequest) -> tuple:
+    """The request's primer as words (from its MIDI file, read once, or the words it
+    carries), the opening the engine continues (cut and trimmed, or None) and the locks
+    as logit processors."""
+    if request.primer_words is not None:
+        primer = request.primer_words
+    elif request.primer is not None:
+        primer = tokenizer.encode(request.primer.read_bytes(), end=False)
+    else:
+        primer = None
+    opening = primer_words(tokenizer, primer, request.primer_bars, request.from_bar) if primer is not None else None
+    if opening is not None and not len(opening):
+        opening = None
+    try:
+        constraints = request.locks.processors(tokenizer, opening)
+    except ValueError as err:
+        raise RequestError(str(err)) from err
+    if request.primer_words is not None and opening is not None:
+        constraints = [CloseLastBar(), *constraints]
+    return primer, opening, constraints
+
+
+def compare_checkpoints(studio: "Studio", request: ComposeRequest, stop: threading.Event | None) -> dict:
+    """Every shipped checkpoint on one request and seed: step -> Take, or a message where
+    the checkpoint is missing or damaged (the others still play)."""
+    available = studio.available_checkpoints()
+    if not available:
+        raise CheckpointError(f"no checkpoints in {studio.checkpoint_dir}")
+    seed = first_seed(request)  # one seed for every checkpoint, checked against the variations asked for
+    out = {}
+    for step in SHIPPED_STEPS:
+        if step not in available:
+            out[step] = studio.missing_checkpoint_message(step)
+            continue
+        try:
+            for event in stream_compose(studio, dataclasses.replace(request, checkpoint=step, seed=seed), stop,
+                                        label=f"checkpoint {step}"):
+                if not isinstance(event, Partial):
+                    out[step] = event[0]
+        except CheckpointError as err:
+            out[step] = str(err)
+    return out
+
+
 @guard_result_files
 def stream_compose(studio: "Studio", request: ComposeRequest, stop: threading.Event | None = None,
                    label: str = "") -> "Iterator[Partial | list[Take]]":
@@ -355,25 +399,11 @@ def stream_compose(studio: "Studio", request: ComposeRequest, stop: threading.Ev
     request.check(studio.limits)
     model, tokenizer = studio.model(request.checkpoint)
     seed = first_seed(request)
-    if request.primer_words is not None:
-        primer = request.primer_words
-    elif request.primer is not None:
-        primer = tokenizer.encode(request.primer.read_bytes(), end=False)  # read once, as words
-    else:
-        primer = None
-    opening = primer_words(tokenizer, primer, request.primer_bars, request.from_bar) if primer is not None else None
-    if opening is not None and not len(opening):
-        opening = None
-    try:
-        constraints = request.locks.processors(tokenizer, opening)
-    except ValueError as err:
-        raise RequestError(str(err)) from err
-    if request.primer_words is not None and opening is not None:
-        constraints = [CloseLastBar(), *constraints]
+    primer, opening, constraints = request_opening(tokenizer, request)
     primer_bars = count_bars(opening) if opening is not None else 0
     deadline = time.monotonic() + studio.limits.request_seconds
     should_stop = lambda: (stop is not None and stop.is_set()) or time.monotonic() > deadline  # noqa: E731
-    folder = studio._new_result_dir()
+    folder = studio.new_result_dir()
     stream_id = folder.name
     sample_rate = studio.renderer.sample_rate
     total_bars = primer_bars + request.bars
