@@ -8,7 +8,7 @@ called when ``field`` is drawn for every row of the batch (fields in the order o
 :data:`FIELDS`: family first, then bar_pos, tempo, chord, rest, pitch, duration,
 velocity); rows for which the field does not apply (a Note row drawing bar_pos) are
 drawn too and their draw thrown away. The pipeline per field is
-``grammar_mask -> user constraints (in order) -> temperature -> top-p`` and a processor
+``grammar's mask (allowed) -> user constraints (in order) -> temperature -> top-p`` and a processor
 returns a new tensor, never syncs with the host (no ``.item()``), never mutates ``state``.
 
 :class:`WordState` fields, all (B,) tensors on the model's device unless said:
@@ -32,7 +32,7 @@ after a primer the first word is metrical; a Rest never jumps past the last bar 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -101,12 +101,6 @@ class WordState:
         self.have_chord = self.have_chord | (kept_pos & (word[:, COL["chord"]] >= CHORD_NONE))
         self.done = self.done | ends
         return keep
-
-    def for_rows(self, rows: slice) -> "WordState":
-        """The state of some rows (a view for tests and single-row work)."""
-        return replace(self, **{k: getattr(self, k)[rows] for k in (
-            "current", "bar", "position", "notes_in_bar", "notes_at_onset", "done", "previous", "bar_open",
-            "have_tempo", "have_chord", "bar_limit")})
 
 
 _KIND_JUMP: dict[tuple, tuple[torch.Tensor, tuple[int, int]]] = {}
@@ -183,11 +177,6 @@ def allowed(state: WordState, field: str) -> torch.Tensor:
         longest = torch.clamp(state.bar_limit - 1 - state.bar, min=1)
         rule = rule & (values - VALUE0 + 1 <= longest[:, None])
     return rule
-
-
-def grammar_mask(state: WordState, field: str, logits: torch.Tensor) -> torch.Tensor:
-    """The first processor: -inf on every value the grammar forbids."""
-    return logits.masked_fill(~allowed(state, field), float("-inf"))
 
 
 def applies(current: torch.Tensor, field: str) -> torch.Tensor:

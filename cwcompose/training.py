@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from contextlib import nullcontext
@@ -29,6 +30,8 @@ from cwcompose.data import TokenDataset
 from cwcompose.jsonconfig import JsonConfig
 from cwcompose.model import CPTransformer, ModelConfig, total_loss
 from cwcompose.tokenizer import FIELDS, CPTokenizer
+
+STATE, FRESH_STATE, OLD_STATE = "state", "state.new", "state.old"  # folders in a run's out_dir
 
 
 @dataclass(frozen=True)
@@ -196,11 +199,22 @@ class Trainer:
                                train=self.cfg.to_dict())
 
     def save_state(self) -> None:
-        """Resumable state in ``state/``: weights and each Adam moment in its own file (< 10 MB each)."""
+        """Resumable state in ``state/``: weights and each Adam moment in its own file (< 10 MB
+        each). Written into ``state.new/`` and swapped in, so that a run killed mid-save still
+        leaves one complete state (:func:`settle_state` finishes an interrupted swap)."""
         if not self.is_main:
             return
-        state_dir = self.out_dir / "state"
-        state_dir.mkdir(parents=True, exist_ok=True)
+        fresh, final, old = (self.out_dir / name for name in (FRESH_STATE, STATE, OLD_STATE))
+        for leftover in (fresh, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+        fresh.mkdir(parents=True)
+        self._write_state(fresh)
+        if final.exists():
+            final.rename(old)
+        fresh.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _write_state(self, state_dir: Path) -> None:
         names = {id(p): n for n, p in self.model.named_parameters()}
         moments: dict[str, dict[str, torch.Tensor]] = {"exp_avg": {}, "exp_avg_sq": {}}
         steps = {}
@@ -217,12 +231,10 @@ class Trainer:
             save_file(tensors, str(state_dir / f"{key}.safetensors"))
         meta = {"step": self.step, "adam_steps": steps, "train": self.cfg.to_dict(),
                 "dataset_fingerprint": self.train_set.fingerprint}
-        tmp = state_dir / "state.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1))
-        tmp.replace(state_dir / "state.json")
+        (state_dir / "state.json").write_text(json.dumps(meta, indent=1))  # last: it marks the folder complete
 
     def load_state(self) -> None:
-        state_dir = self.out_dir / "state"
+        state_dir = self.out_dir / STATE
         meta = json.loads((state_dir / "state.json").read_text())
         if meta["dataset_fingerprint"] != self.train_set.fingerprint:
             raise ValueError(f"{state_dir} was trained on another dataset (fingerprint differs)")
@@ -254,6 +266,20 @@ class Trainer:
         return bool(flag.item())
 
 
+def settle_state(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a complete state to resume, in ``state/``. A save killed
+    between its two renames leaves ``state/`` missing beside a complete ``state.new/``
+    (newer) or ``state.old/``: the newer of them becomes ``state/``."""
+    final = out_dir / STATE
+    if not (final / "state.json").exists():
+        for name in (FRESH_STATE, OLD_STATE):
+            if (out_dir / name / "state.json").exists():
+                shutil.rmtree(final, ignore_errors=True)
+                (out_dir / name).rename(final)
+                break
+    return (final / "state.json").exists()
+
+
 def _nanmean(values: list[float]) -> float:
     """Mean of the values that are not NaN (a field absent from a batch gives NaN)."""
     kept = [v for v in values if not math.isnan(v)]
@@ -278,7 +304,11 @@ def run_training(data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, re
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     trainer = Trainer(Path(data_dir), out_dir, cfg, rank=rank, world=world, progress=progress)
-    if resume and (out_dir / "state" / "state.json").exists():
+    if resume and trainer.is_main:
+        settle_state(out_dir)
+    if world > 1:
+        dist.barrier()  # the other ranks read state/ once the main one has settled it
+    if resume and (out_dir / STATE / "state.json").exists():
         trainer.load_state()
     elif trainer.is_main:
         cfg.save(out_dir / "train_config.json")

@@ -39,7 +39,6 @@ VALUE0 = 2  # rest, pitch, duration, velocity values start here
 TEMPO0, CHORD0 = 3, 4
 
 KIND_OTHER, KIND_BAR, KIND_REST, KIND_POS, KIND_NOTE, KIND_END = 0, 1, 2, 3, 4, 5
-KIND_NAMES = ("other", "bar", "rest", "pos", "note", "end")
 
 
 def word_kind(family, bar_pos):

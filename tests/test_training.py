@@ -216,3 +216,39 @@ def test_sigterm_saves_state_and_resume_continues(small_dataset, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(state.read_text())["step"] == stopped + 3
     assert f"stopped at step {stopped + 3} " in done.stdout
+
+
+def test_a_save_cut_short_leaves_the_previous_state_whole(small_dataset, tmp_path, monkeypatch):
+    """A run killed while writing its state (here: the optimizer's file fails) resumes from
+    the last complete save and ends where an uninterrupted run ends."""
+    cfg = small_config()
+    run_training(small_dataset, tmp_path / "a", cfg, until=5, progress=False)
+    import cwcompose.training as training
+
+    real_save = training.save_file
+
+    def dies_on_moments(tensors, path):
+        if "exp_avg" in Path(path).name:
+            raise OSError("killed mid-save")
+        real_save(tensors, path)
+
+    monkeypatch.setattr(training, "save_file", dies_on_moments)
+    with pytest.raises(OSError):
+        run_training(small_dataset, tmp_path / "a", cfg, resume=True, until=10, progress=False)
+    monkeypatch.setattr(training, "save_file", real_save)
+    assert json.loads((tmp_path / "a" / "state" / "state.json").read_text())["step"] == 5
+    resumed = run_training(small_dataset, tmp_path / "a", cfg, resume=True, progress=False)
+    straight = run_training(small_dataset, tmp_path / "b", cfg, progress=False)
+    assert_same_weights(resumed.model.state_dict(), straight.model.state_dict())
+
+
+def test_a_swap_cut_short_resumes_from_the_newer_state(small_dataset, tmp_path):
+    """Killed between a save's two renames: state/ is gone, state.new/ holds the newer save."""
+    cfg = small_config()
+    run_training(small_dataset, tmp_path / "a", cfg, until=7, progress=False)
+    (tmp_path / "a" / "state").rename(tmp_path / "a" / "state.new")
+    resumed = run_training(small_dataset, tmp_path / "a", cfg, resume=True, progress=False)
+    straight = run_training(small_dataset, tmp_path / "b", cfg, progress=False)
+    assert resumed.step == 12
+    assert_same_weights(resumed.model.state_dict(), straight.model.state_dict())
+    assert not (tmp_path / "a" / "state.new").exists()
