@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cwcompose.checkpoints import SHIPPED_STEPS
+from cwcompose.jsonconfig import JsonConfig
 from cwcompose.locks import Locks
 from cwcompose.sampling import DEFAULT_SAMPLING, SamplingConfig
 
@@ -30,7 +31,7 @@ class RequestError(ValueError):
 
 
 @dataclass(frozen=True)
-class Limits:
+class Limits(JsonConfig):
     """Every cap the service enforces, in one place."""
 
     upload_mb: float = 1.0  # largest primer file accepted, in MiB
@@ -44,10 +45,16 @@ class Limits:
     cache_seconds: int = 3600  # uploads and served audio/MIDI copies older than this are deleted (checked as often)
 
     def __post_init__(self) -> None:
-        positive = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        bad = [f"{name}={value}" for name, value in positive.items() if not value > 0]
+        values = {f.name: (getattr(self, f.name), f.type) for f in dataclasses.fields(self)}
+        bad = [f"{name}={value!r}" for name, (value, kind) in values.items()
+               if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+               or (kind == "int" and value != int(value)) or not math.isfinite(value)]
         if bad:
-            raise ValueError(f"invalid Limits: {', '.join(bad)} (every limit must be positive)")
+            raise ValueError(f"invalid Limits: {', '.join(bad)} (every limit must be a positive number, "
+                             "a whole one for counts)")
+        for name, (value, kind) in values.items():
+            if kind == "int":  # 2.0 from a JSON file is the count 2
+                object.__setattr__(self, name, int(value))
 
     @property
     def upload_bytes(self) -> int:

@@ -199,6 +199,19 @@ def test_every_cap_lives_in_limits():
         Limits(max_bars=0)
 
 
+@pytest.mark.parametrize("bad", [dict(concurrency=1.5), dict(queue_size=True), dict(upload_mb=float("inf")),
+                                 dict(kept_results="64")])
+def test_limits_refuse_what_is_not_a_positive_count_or_amount(bad):
+    with pytest.raises(ValueError, match="whole one for counts"):
+        Limits(**bad)
+
+
+def test_limits_round_trip_through_json_and_take_whole_floats_as_counts():
+    limits = Limits(concurrency=2.0, upload_mb=0.5)
+    assert limits.concurrency == 2 and isinstance(limits.concurrency, int)
+    assert Limits.from_json(limits.to_json()) == limits
+
+
 def test_a_100_mb_upload_is_refused_by_size(tmp_path):
     big = tmp_path / "huge.mid"
     huge_upload(big, size_mb=100)
