@@ -109,7 +109,7 @@ class Decoder:
         self._max_distance = cfg.max_relative_distance
         self._tables = (self.embed_table, self.embed_offsets, model.project_in.bias.detach(), self._arange,
                         self._row_heads, model.norm.weight.detach(), model.norm.bias.detach())
-        self._weights = tuple(tuple(getattr(w, f.name) for f in fields(StepWeights) if not f.name.startswith("eps"))
+        self._weights = tuple(tuple(getattr(w, f.name) for f in fields(StepWeights))
                               for w in self.layers)
         self._relative = [block.attention.relative.detach() for block in model.blocks]
         self._bounds = [0] * batch  # host-side upper bounds of ``lengths`` (no sync): keys read per step
@@ -282,7 +282,6 @@ class StepWeights:
 
     norm1_w: torch.Tensor
     norm1_b: torch.Tensor
-    eps1: float
     qkv_t: torch.Tensor
     qkv_b: torch.Tensor
     relative_t: torch.Tensor
@@ -290,7 +289,6 @@ class StepWeights:
     out_b: torch.Tensor
     norm2_w: torch.Tensor
     norm2_b: torch.Tensor
-    eps2: float
     up_t: torch.Tensor
     up_b: torch.Tensor
     down_t: torch.Tensor
@@ -304,11 +302,11 @@ def _step_weights(block, head_dim: int) -> StepWeights:
     query_scale = torch.ones(3 * d, dtype=attn.qkv.weight.dtype, device=attn.qkv.weight.device)
     query_scale[:d] = 1.0 / math.sqrt(head_dim)
     return StepWeights(
-        norm1_w=block.norm1.weight, norm1_b=block.norm1.bias, eps1=block.norm1.eps,
+        norm1_w=block.norm1.weight, norm1_b=block.norm1.bias,
         qkv_t=(attn.qkv.weight.T * query_scale).contiguous(), qkv_b=attn.qkv.bias * query_scale,
         relative_t=attn.relative.T.contiguous(),
         out_t=attn.out.weight.T.contiguous(), out_b=attn.out.bias,
-        norm2_w=block.norm2.weight, norm2_b=block.norm2.bias, eps2=block.norm2.eps,
+        norm2_w=block.norm2.weight, norm2_b=block.norm2.bias,
         up_t=(up.weight.T * root).contiguous(), up_b=up.bias * root,
         down_t=(down.weight.T * root).contiguous(), down_b=down.bias)
 

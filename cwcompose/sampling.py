@@ -100,13 +100,7 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """Keep, in every row of (B, V) logits, the smallest set of values whose probability
     sums to at least ``top_p`` (a share, 0 < p <= 1; always the likeliest value); -inf on
     the rest."""
-    if top_p >= 1.0:
-        return logits
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    probs = torch.softmax(sorted_logits, dim=-1)
-    drop_sorted = probs.cumsum(-1) - probs >= top_p
-    drop = drop_sorted.scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
+    return logits if top_p >= 1.0 else top_p_rows(logits, torch.tensor(top_p, device=logits.device))
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,9 +137,8 @@ def top_p(values: dict[str, float]) -> TopP:
 
 
 def top_p_rows(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """:func:`top_p_filter` on (..., V) logits with a share per row: ``top_p``
-    broadcasts against (..., 1); a share of ``inf`` keeps the row whole. One sort for
-    every field of every row."""
+    """The nucleus of (..., V) logits with a share per row: ``top_p`` broadcasts against
+    (..., 1); a share of ``inf`` keeps the row whole. One sort for every field of every row."""
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
     probs = torch.softmax(sorted_logits, dim=-1)
     drop_sorted = probs.cumsum(-1) - probs >= top_p
