@@ -77,7 +77,7 @@ def _add_generate(commands) -> None:
     p.add_argument("--key", help='keep to a key: "A minor", "Am", "Eb major", "F#m" ... or "from primer"')
     p.add_argument("--key-strength", type=float, default=1.0,
                    help="0 (off) to 1 (no note outside the scale); between, out-of-key odds x (1 - strength)")
-    p.add_argument("--tempo", type=float, help="hold this tempo in BPM (nearest of 32 classes, 40-250)")
+    p.add_argument("--tempo", type=float, help="hold this tempo in BPM, 40-250 (held at the nearest tempo class)")
     p.add_argument("--density", type=float, metavar="NOTES_PER_BAR", help="steer towards this many notes per bar")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("-o", "--output", type=Path, required=True)
@@ -111,10 +111,11 @@ def _run_generate(args) -> int:
         model, tokenizer = load_checkpoint(args.checkpoint, device=args.device)
         if args.from_bar is not None and args.primer is None:
             raise ValueError("--from-bar needs --primer (the piece to rewind)")
+        constraints = constraints_from_args(args, tokenizer, next(model.parameters()).device)
         pieces = compose_variations(model, tokenizer, variations=args.variations, primer=args.primer,
                                     primer_bars=args.primer_bars, bars=args.bars, max_seconds=args.seconds,
                                     sampling=sampling, seed=args.seed, from_bar=args.from_bar,
-                                    constraints=constraints_from_args(args, tokenizer))
+                                    constraints=constraints)
     except (ValueError, CheckpointError, MidiReadError) as err:
         raise SystemExit(f"cwcompose generate: {err}") from None
     for piece, path in zip(pieces, output_paths(args.output, args.variations)):
@@ -131,9 +132,10 @@ def output_paths(output: Path, variations: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(1, variations + 1)]
 
 
-def constraints_from_args(args, tokenizer) -> list:
+def constraints_from_args(args, tokenizer, device="cpu") -> list:
     """The user's locks (logit processors, see cwcompose.locks) from the generate options
-    --chords, --key, --key-strength, --tempo, --density; a bad value raises ValueError."""
+    --chords, --key, --key-strength, --tempo, --density, built on ``device`` (the model's);
+    a bad value raises ValueError."""
     from cwcompose.generation import primer_words
     from cwcompose.locks import Locks
 
@@ -142,7 +144,7 @@ def constraints_from_args(args, tokenizer) -> list:
     primer = None
     if locks.key_from_primer and args.primer is not None:
         primer = primer_words(tokenizer, args.primer, args.primer_bars, args.from_bar)
-    return locks.processors(tokenizer, primer)
+    return locks.processors(tokenizer, primer, device)
 
 
 def _add_evaluate(commands) -> None:

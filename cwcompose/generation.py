@@ -158,6 +158,7 @@ def iter_compose(model: CPTransformer, tokenizer: CPTokenizer, *, primer=None, p
     sampling = sampling or DEFAULT_SAMPLING
     opening, primer_length = _opening(tokenizer, primer, primer_bars, from_bar)
     device = next(model.parameters()).device
+    constraints = on_device(constraints, device)
     state = WordState.start(opening, batch=variations, bars=bars, from_primer=primer_length > 0,
                             vocab_sizes=model.config.vocab_sizes, device=device)
     decoder = Decoder(model, variations)
@@ -272,6 +273,12 @@ def compose_variations(model: CPTransformer, tokenizer: CPTokenizer, *, variatio
         if isinstance(event, Done):
             return event.compositions
     raise AssertionError("iter_compose ends with Done")
+
+
+def on_device(processors: Sequence[Processor], device: torch.device) -> list[Processor]:
+    """The processors with their tensors on ``device``, moved once here rather than copied
+    on every word: a processor holding tensors (a chord or key lock) offers ``to(device)``."""
+    return [q.to(device) if callable(getattr(q, "to", None)) else q for q in processors]
 
 
 def _opening(tokenizer: CPTokenizer, primer, primer_bars: int, from_bar: int | None) -> tuple[np.ndarray, int]:

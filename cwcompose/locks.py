@@ -6,7 +6,11 @@ when ``field`` is drawn, after the grammar mask and before temperature and top-p
 ``WordState`` ((B,) tensors: ``current`` (B, fields), ``bar``, ``position``,
 ``notes_in_bar``, ``done``). Every processor touches only the rows its rule applies to
 (e.g. the key lock only rows drawing a note), never syncs with the host, and returns a
-new tensor.
+new tensor. The locks that hold tensors (:class:`ChordLock`, :class:`KeyLock`) are built on
+a device (``Locks.processors(..., device=)``) and read them there: nothing crosses between
+host and device per word. ``to(device)`` gives a copy on another device;
+``generation.iter_compose`` moves every processor that has it to the model's device once,
+before the first word, so locks built on the CPU still cost no transfer per word.
 
 Chord progressions (:func:`parse_progression`)
     Bars are separated by spaces and cycle: ``"C G Am F"`` is C in bar 1, G in bar 2,
@@ -32,6 +36,7 @@ Keys (:func:`parse_key`)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -44,13 +49,13 @@ from cwcompose.jsonconfig import JsonConfig
 from cwcompose.metrics import SCALES, estimate_key, grid_notes_from_words
 from cwcompose.tokenizer import (
     BAR, CHORD_NONE, CHORD_QUALITIES, COL, CONTI, FAMILY_METRIC, FAMILY_NOTE, IGNORE, PITCH_CLASSES, POS0, REST, TEMPO0,
-    VALUE0, CPTokenizer, quantise_tempo,
+    VALUE0, CPTokenizer, TokenizerConfig, quantise_tempo, tempo_classes_bpm,
 )
+from cwcompose.words import KIND_POS, as_words, read_words
 
 MAX_PENALTY_NATS = 20.0  # a key penalty never exceeds this (strength -> 1 below the hard mask)
 DENSITY_GAIN_NATS = 2.0  # density bias per note behind (or ahead of) the target's pace
 DENSITY_MAX_BIAS_NATS = 8.0
-MIN_TEMPO_BPM, MAX_TEMPO_BPM = 20.0, 500.0
 MAX_NOTES_PER_BAR = 128.0
 
 # Quality suffix as written -> the tokenizer's quality name. Case matters: M is major, m minor.
@@ -197,22 +202,21 @@ def forced_chord_words(words: np.ndarray, primer_bars: int, progression: tuple[t
     """Where :class:`ChordLock` forces a chord in a piece: (generated bar, position, chord
     token written, chord token asked) for each generated bar's first position word and,
     in two-chord bars, its first position word at or after the half bar. ``primer_bars``
-    bars (Bar words and Rest jumps) precede the first generated bar."""
-    ppbar = tokenizer.config.positions_per_bar
-    bar, last, found = -1, -1, []
-    for word in np.asarray(words):
-        if word[COL["family"]] != FAMILY_METRIC:
-            continue
-        bar_pos = int(word[COL["bar_pos"]])
-        if bar_pos in (BAR, REST):
-            bar, last = bar + (1 if bar_pos == BAR else int(word[COL["rest"]]) - VALUE0 + 1), -1
-            continue
-        here, generated = bar_pos - POS0, bar - primer_bars
-        two = len(progression[generated % len(progression)]) == 2
-        if generated >= 0 and (last < 0 or (two and last < ppbar // 2 <= here)):
-            asked = progression_chord(progression, generated, here, ppbar).token(tokenizer)
-            found.append((generated, here, int(word[COL["chord"]]), asked))
-        last = here
+    bars (Bar words and Rest jumps) precede the first generated bar. Bars are counted by
+    the one reader of words (:func:`cwcompose.words.read_words`)."""
+    ppbar, words = tokenizer.config.positions_per_bar, as_words(words)
+    reading = read_words(words, ppbar)
+    pos = np.flatnonzero(reading.kind == KIND_POS)  # position words, in order
+    bar = reading.bar[pos] - primer_bars
+    here = words[pos, COL["bar_pos"]] - POS0
+    first = np.diff(bar, prepend=bar[:1] - 1) != 0  # the bar's first position word
+    previous = np.roll(here, 1)  # the position word before (read only where it is in the same bar)
+    two = np.array([len(progression[b % len(progression)]) == 2 for b in bar.tolist()], dtype=bool)
+    second = ~first & two & (previous < ppbar // 2) & (here >= ppbar // 2)  # first at or after the half bar
+    found = []
+    for i in np.flatnonzero((bar >= 0) & (first | second)).tolist():
+        asked = progression_chord(progression, int(bar[i]), int(here[i]), ppbar).token(tokenizer)
+        found.append((int(bar[i]), int(here[i]), int(words[pos[i], COL["chord"]]), asked))
     return found
 
 
@@ -253,22 +257,30 @@ class ChordLock:
     16). Every other position word gets Conti (or the chord in effect, where the grammar
     forbids Conti)."""
 
-    first: torch.Tensor  # (n_bars,) chord token of each bar's first half
+    first: torch.Tensor  # (n_bars,) chord token of each bar's first half, on the model's device
     second: torch.Tensor  # (n_bars,) chord token of its second half (= first for one-chord bars)
     half: int = 16
 
     @classmethod
-    def build(cls, progression: tuple[tuple[Chord, ...], ...], tokenizer: CPTokenizer) -> "ChordLock":
-        first = torch.tensor([bar[0].token(tokenizer) for bar in progression])
-        second = torch.tensor([bar[-1].token(tokenizer) for bar in progression])
+    def build(cls, progression: tuple[tuple[Chord, ...], ...], tokenizer: CPTokenizer,
+              device: torch.device | str = "cpu") -> "ChordLock":
+        first = torch.tensor([bar[0].token(tokenizer) for bar in progression], device=device)
+        second = torch.tensor([bar[-1].token(tokenizer) for bar in progression], device=device)
         return cls(first, second, tokenizer.config.positions_per_bar // 2)
+
+    def to(self, device: torch.device | str) -> "ChordLock":
+        """This lock with its tables on ``device`` (itself when they are there already)."""
+        if self.first.device == torch.device(device):
+            return self
+        return dataclasses.replace(self, first=self.first.to(device), second=self.second.to(device))
 
     def __call__(self, state, field: str, logits: torch.Tensor) -> torch.Tensor:
         if field != "chord":
             return logits
         rows = _drawing(state, FAMILY_METRIC) & (state.bar >= 0)
-        index = torch.remainder(state.bar, len(self.first)).to(self.first.device)
-        first, second = self.first[index].to(logits.device), self.second[index].to(logits.device)
+        # The tables live on the state's device: indexing them there copies nothing to or from the host.
+        index = torch.remainder(state.bar, len(self.first))
+        first, second = self.first[index], self.second[index]
         here = state.current[:, COL["bar_pos"]] - POS0
         chord = torch.where(here >= self.half, second, first)
         force = (state.position < 0) | ((first != second) & (state.position < self.half) & (here >= self.half))
@@ -281,13 +293,19 @@ class ChordLock:
 class KeyLock:
     """Pitches outside a key's scale lose ``penalty`` nats (inf: masked) on note rows."""
 
-    out_of_key: torch.Tensor  # bool (V_pitch,)
+    out_of_key: torch.Tensor  # bool (V_pitch,), on the model's device
     penalty: float
+
+    def to(self, device: torch.device | str) -> "KeyLock":
+        """This lock with its mask on ``device`` (itself when it is there already)."""
+        if self.out_of_key.device == torch.device(device):
+            return self
+        return dataclasses.replace(self, out_of_key=self.out_of_key.to(device))
 
     def __call__(self, state, field: str, logits: torch.Tensor) -> torch.Tensor:
         if field != "pitch" or self.penalty <= 0:
             return logits
-        out = self.out_of_key.to(logits.device)[None, :] & _drawing(state, FAMILY_NOTE)[:, None]
+        out = self.out_of_key[None, :] & _drawing(state, FAMILY_NOTE)[:, None]  # no copy: built on this device
         if math.isinf(self.penalty):
             return logits.masked_fill(out, -math.inf)
         return logits - out.to(logits.dtype) * self.penalty
@@ -374,8 +392,10 @@ class Locks(JsonConfig):
 
     ``chords``: a progression (module docstring); ``key``: a key name or "from primer";
     ``key_strength``: 0..1 (:func:`key_penalty_nats`); ``tempo_bpm``: beats per minute,
-    held at the nearest tempo class (classes span 40-250 BPM); ``notes_per_bar``: a
-    density target (:class:`DensityBias`)."""
+    held at the nearest tempo class (:meth:`held_tempo_bpm`; the classes span the
+    checkpoint's ``tempo_min_bpm``..``tempo_max_bpm``, 40-250 BPM for every shipped one,
+    and :meth:`processors` refuses a tempo outside them); ``notes_per_bar``: a density
+    target (:class:`DensityBias`)."""
 
     chords: str | None = None
     key: str | None = None
@@ -391,10 +411,8 @@ class Locks(JsonConfig):
         if not _number(self.key_strength) or not 0.0 <= self.key_strength <= 1.0:
             raise ValueError(f"key strength must be a number from 0 (off) to 1 (only in-key notes), "
                              f"got {self.key_strength!r}")
-        if self.tempo_bpm is not None and (not _number(self.tempo_bpm)
-                                           or not MIN_TEMPO_BPM <= self.tempo_bpm <= MAX_TEMPO_BPM):
-            raise ValueError(f"tempo must be a number of beats per minute from {MIN_TEMPO_BPM:g} to "
-                             f"{MAX_TEMPO_BPM:g}, got {self.tempo_bpm!r}")
+        if self.tempo_bpm is not None and (not _number(self.tempo_bpm) or self.tempo_bpm <= 0):
+            raise ValueError(f"tempo must be a number of beats per minute above 0, got {self.tempo_bpm!r}")
         if self.notes_per_bar is not None and (not _number(self.notes_per_bar)
                                                or not 0.0 < self.notes_per_bar <= MAX_NOTES_PER_BAR):
             raise ValueError(f"density must be a number of notes per bar above 0 and at most "
@@ -416,19 +434,42 @@ class Locks(JsonConfig):
                              f"e.g. \"A minor\"")
         return estimate_key(notes)
 
-    def processors(self, tokenizer: CPTokenizer, primer_words: np.ndarray | None = None) -> list:
-        """The processors of the locks that are set, in the order chords, key, tempo, density."""
+    def held_tempo_bpm(self, config: TokenizerConfig | None = None) -> float | None:
+        """The BPM of the tempo class the lock holds (the nearest to ``tempo_bpm``) in
+        ``config``'s vocabulary (default: the shipped checkpoints'), or None when unlocked."""
+        if self.tempo_bpm is None:
+            return None
+        config = config or TokenizerConfig()
+        return float(tempo_classes_bpm(config)[quantise_tempo(self.tempo_bpm, config)])
+
+    def processors(self, tokenizer: CPTokenizer, primer_words: np.ndarray | None = None,
+                   device: torch.device | str = "cpu") -> list:
+        """The processors of the locks that are set, in the order chords, key, tempo, density,
+        their tensors on ``device`` (the model's: see the module docstring). Raises
+        ValueError for what this checkpoint's vocabulary cannot hold."""
         procs: list = []
         if self.chords is not None:
-            procs.append(ChordLock.build(parse_progression(self.chords, tokenizer.config.chord_qualities), tokenizer))
+            progression = parse_progression(self.chords, tokenizer.config.chord_qualities)
+            procs.append(ChordLock.build(progression, tokenizer, device))
         key = self.resolve_key(tokenizer, primer_words)
         if key is not None and self.key_strength > 0:
-            procs.append(KeyLock(scale_pitch_mask(tokenizer, key), key_penalty_nats(self.key_strength)))
+            mask = scale_pitch_mask(tokenizer, key).to(device)
+            procs.append(KeyLock(mask, key_penalty_nats(self.key_strength)))
         if self.tempo_bpm is not None:
+            check_tempo(self.tempo_bpm, tokenizer.config)
             procs.append(TempoLock(TEMPO0 + quantise_tempo(self.tempo_bpm, tokenizer.config)))
         if self.notes_per_bar is not None:
             procs.append(DensityBias(float(self.notes_per_bar), tokenizer.config.positions_per_bar))
         return procs
+
+
+def check_tempo(bpm: float, config: TokenizerConfig) -> None:
+    """Refuse a tempo outside the vocabulary's tempo classes: it would be held at the
+    nearest end of the range (a 400 BPM lock playing at 250) without a word."""
+    low, high = config.tempo_min_bpm, config.tempo_max_bpm
+    if not low <= bpm <= high:
+        raise ValueError(f"tempo {bpm:g} BPM is outside what this checkpoint can play: its tempos run from "
+                         f"{low:g} to {high:g} BPM; choose a tempo in that range, or leave the tempo unlocked")
 
 
 def _number(value) -> bool:

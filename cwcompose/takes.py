@@ -95,14 +95,18 @@ class History:
         return self.takes[-1] if self.takes else None
 
 
-def locks_summary(locks: Locks) -> dict:
+def locks_summary(locks: Locks, config=None) -> dict:
+    """The locks set, as short texts. The tempo shows the tempo class the piece is held at
+    when it is not the value asked (``config``: the checkpoint's TokenizerConfig; default
+    the shipped checkpoints' vocabulary)."""
     out = {}
     if locks.chords:
         out["chords"] = locks.chords
     if locks.key:
         out["key"] = f"{locks.key} (strength {locks.key_strength:g})"
     if locks.tempo_bpm:
-        out["tempo"] = f"{locks.tempo_bpm:g} BPM"
+        held, asked = locks.held_tempo_bpm(config), f"{locks.tempo_bpm:g} BPM"
+        out["tempo"] = asked if abs(held - locks.tempo_bpm) < 0.05 else f"{asked} (held at {held:.1f})"
     return out
 
 

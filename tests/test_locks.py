@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+
 import numpy as np
 import pytest
 import torch
 
 from cwcompose.grammar import WordState
 from cwcompose.locks import (
-    Chord, ChordLock, DensityBias, KeyLock, Locks, TempoLock, key_penalty_nats, parse_chord, parse_key,
-    parse_progression, scale_pitch_mask,
+    Chord, ChordLock, DensityBias, KeyLock, Locks, TempoLock, forced_chord_words, key_penalty_nats, parse_chord,
+    parse_key, parse_progression, scale_pitch_mask,
 )
 from cwcompose.tokenizer import (
     BAR, CHORD_NONE, COL, CONTI, REST, FAMILY_METRIC, FAMILY_NOTE, FIELDS, IGNORE, POS0, TEMPO0, VALUE0, CPTokenizer,
-    quantise_tempo,
+    quantise_tempo, tempo_classes_bpm,
 )
 
 TOK = CPTokenizer()
@@ -196,6 +198,43 @@ def test_tempo_lock():
     assert allowed(lock(state, "tempo", no_conti)) == [[want]] * 4
 
 
+ALL_LOCKS = Locks(chords="C [G Am] F", key="A minor", key_strength=0.5, tempo_bpm=96, notes_per_bar=12)
+
+
+def _meta(state: WordState) -> WordState:
+    tensors = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    return dataclasses.replace(state, **{k: v.to("meta") for k, v in tensors.items() if torch.is_tensor(v)})
+
+
+def test_processors_hold_their_tensors_on_the_device_they_were_built_for():
+    procs = ALL_LOCKS.processors(TOK, device="meta")
+    held = [t for p in procs for t in vars(p).values() if torch.is_tensor(t)]
+    assert len(held) == 3 and all(t.device.type == "meta" for t in held)  # chord tables, key mask
+    moved = [p.to("meta") for p in ALL_LOCKS.processors(TOK) if hasattr(p, "to")]
+    assert [t.device.type for p in moved for t in vars(p).values() if torch.is_tensor(t)] == ["meta"] * 3
+    assert all(p.to("meta") is p for p in procs if hasattr(p, "to"))  # already there: no copy
+
+
+def test_processors_run_on_the_device_without_touching_the_host():
+    """On the meta device a tensor has no data: a copy to the host, an .item() or a host
+    tensor mixed in raises, so every processor running here on every field shows none."""
+    state = _meta(make_state([pos_row(0, -1, 0), pos_row(1, 4, 16), dict(family=FAMILY_NOTE, position=3),
+                              dict(family=IGNORE, position=5, notes_in_bar=2)]))
+    for proc in ALL_LOCKS.processors(TOK, device="meta"):
+        for field in FIELDS:
+            logits = torch.zeros(4, TOK.vocab_sizes[field], device="meta")
+            assert proc(state, field, logits).device.type == "meta"
+
+
+def test_iter_compose_moves_the_locks_to_the_model_device_once():
+    from cwcompose.generation import on_device
+
+    procs = on_device(ALL_LOCKS.processors(TOK), torch.device("meta"))
+    assert [type(p) for p in procs] == [ChordLock, KeyLock, TempoLock, DensityBias]
+    assert procs[0].first.device.type == procs[1].out_of_key.device.type == "meta"
+    assert procs[2:] == ALL_LOCKS.processors(TOK)[2:]  # no tensors: as they were
+
+
 def test_density_bias_pushes_notes_when_behind_and_metre_when_ahead():
     bias = DensityBias(16.0)
     state = make_state([dict(position=15, notes_in_bar=0), dict(position=15, notes_in_bar=20, notes_at=2),
@@ -223,6 +262,28 @@ def test_density_bias_moves_onsets_to_where_the_pace_catches_up():
     assert torch.equal(out[2], logits[2])
 
 
+def _word(family: int, bar_pos: int = IGNORE, chord_: int = IGNORE, rest: int = IGNORE) -> list[int]:
+    word = [family, bar_pos] + [IGNORE] * (len(FIELDS) - 2)
+    word[COL["chord"]], word[COL["rest"]] = chord_, rest
+    return word
+
+
+def test_forced_chord_words_counts_bars_as_the_word_reader_does():
+    c, g, am, f = chord("C"), chord("G"), chord("Am"), chord("F")
+    note = [FAMILY_NOTE, IGNORE, IGNORE, IGNORE, IGNORE, VALUE0 + 39, VALUE0 + 3, VALUE0 + 30]
+    pos = lambda p, ch=CONTI: _word(FAMILY_METRIC, POS0 + p, ch)  # noqa: E731
+    words = np.array([
+        _word(FAMILY_METRIC, BAR), pos(0, f), note,                            # the primer's bar
+        _word(FAMILY_METRIC, BAR), pos(0, c), note, pos(20), note,             # generated bar 0: C
+        _word(FAMILY_METRIC, BAR), pos(4, g), note, pos(12), pos(16, am), pos(24),  # bar 1: G, Am at the half
+        _word(FAMILY_METRIC, REST, rest=VALUE0 + 1),                           # bars 2 and 3 left empty
+        _word(FAMILY_METRIC, BAR), pos(20, am), note,                          # bar 4 (= bar 1): Am only
+        _word(FAMILY_METRIC, BAR), pos(2, g), note,                            # bar 5 (= bar 2): F asked
+    ])
+    assert forced_chord_words(words, 1, parse_progression("C [G Am] F"), TOK) == [
+        (0, 0, c, c), (1, 4, g, g), (1, 16, am, am), (4, 20, am, am), (5, 2, g, f)]
+
+
 # ---------------------------------------------------------------- the config
 
 
@@ -243,6 +304,41 @@ def test_locks_json_round_trip_and_processors():
 def test_locks_validation(kwargs, words):
     with pytest.raises(ValueError, match=words):
         Locks(**kwargs)
+
+
+@pytest.mark.parametrize("bpm", [20, 39.9, 250.1, 400])
+def test_a_tempo_outside_the_tempo_classes_is_refused_naming_the_range(bpm):
+    locks = Locks(tempo_bpm=bpm)  # a number of beats per minute: the checkpoint's range is checked on building
+    with pytest.raises(ValueError) as err:
+        locks.processors(TOK)
+    message = str(err.value)
+    assert f"{bpm:g} BPM" in message and "from 40 to 250" in message and "leave the tempo unlocked" in message
+    assert "Error" not in message
+
+
+@pytest.mark.parametrize("bpm", [40, 150, 250])
+def test_a_tempo_inside_the_tempo_classes_locks(bpm):
+    (lock,) = Locks(tempo_bpm=bpm).processors(TOK)
+    assert lock == TempoLock(TEMPO0 + quantise_tempo(bpm, TOK.config))
+
+
+def test_locks_summary_shows_the_tempo_class_held():
+    from cwcompose.takes import locks_summary
+
+    held = float(tempo_classes_bpm(TOK.config)[quantise_tempo(150, TOK.config)])
+    assert Locks(tempo_bpm=150).held_tempo_bpm(TOK.config) == held
+    assert locks_summary(Locks(tempo_bpm=150)) == {"tempo": f"150 BPM (held at {held:.1f})"}
+    assert locks_summary(Locks(tempo_bpm=round(held, 1))) == {"tempo": f"{held:.1f} BPM"}  # the class itself
+    assert locks_summary(Locks(tempo_bpm=40), TOK.config) == {"tempo": "40 BPM"}
+    assert Locks().held_tempo_bpm() is None and locks_summary(Locks()) == {}
+
+
+def test_the_app_path_shows_an_unplayable_tempo_as_a_message():
+    from cwcompose.request import ComposeRequest, RequestError
+    from cwcompose.studio import request_opening
+
+    with pytest.raises(RequestError, match="from 40 to 250"):
+        request_opening(TOK, ComposeRequest(locks=Locks(tempo_bpm=400)))
 
 
 def test_key_from_primer():
@@ -344,6 +440,7 @@ def test_generate_with_locks_writes_them_into_the_midi(tmp_path, shipped):
     (["--chords", "C Hm"], "'Hm'"), (["--key", "H minor"], "'H minor'"),
     (["--key", "from primer"], "needs a primer"), (["--key", "C", "--key-strength", "2"], "key strength"),
     (["--tempo", "-5"], "beats per minute"), (["--density", "0"], "notes per bar"),
+    (["--tempo", "400"], "from 40 to 250"),
 ])
 def test_generate_rejects_bad_locks_with_a_message(tmp_path, capsys, flags, words):
     from cwcompose.cli import main
