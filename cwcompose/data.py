@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from cwcompose.midi_input import is_pop909_song, score_from_midi, score_from_pop909
 from cwcompose.tokenizer import CHORD0, COL, FIELDS, VALUE0, MidiReadError, CPTokenizer, TokenizerConfig
-from cwcompose.words import KIND_BAR, word_kind
+from cwcompose.words import bar_lines
 
 SPLITS = {"train": 90, "valid": 95, "test": 100}  # cumulative percent of songs, by name hash
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -83,11 +83,6 @@ def prepare(input_dir: str | Path, output_dir: str | Path, config: TokenizerConf
     summary = summarise(tokenizer, tokens, index, skipped, fingerprint)
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def bar_lines(words: np.ndarray) -> np.ndarray:
-    """(n,) bool: the words that are bar lines (``Bar``; a ``Rest`` word is not one)."""
-    return word_kind(words[:, COL["family"]], words[:, COL["bar_pos"]]) == KIND_BAR
 
 
 def dataset_fingerprint(tokens: np.ndarray, index: list[dict]) -> str:

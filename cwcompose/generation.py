@@ -24,8 +24,8 @@ from cwcompose.render import ticks_to_seconds
 from cwcompose.sampling import DEFAULT_SAMPLING, SamplingConfig, sampling_processors
 from cwcompose.tokenizer import CPTokenizer, ScoreNote, tempo_classes_bpm
 from cwcompose.words import (
-    BAR, CHORD_NONE, COL, CONTI, FAMILY_END, FAMILY_METRIC, FIELDS, IGNORE, KIND_BAR, KIND_REST, POS0, TEMPO0, VALUE0,
-    bar_jump, count_bars, note_table, read_words, word_kind, word_seconds,
+    BAR, CHORD_NONE, COL, CONTI, FAMILY_END, FAMILY_METRIC, FIELDS, IGNORE, KIND_REST, POS0, TEMPO0, VALUE0,
+    bar_jumps, bar_lines, count_bars, note_table, read_words, word_seconds,
 )
 
 MAX_WORDS_PER_BAR = 32 * (MAX_NOTES_PER_ONSET + 1) + 2
@@ -44,8 +44,8 @@ def primer_words(tokenizer: CPTokenizer, primer, keep_bars: int, from_bar: int |
         words = tokenizer.encode(primer, end=False)
     if from_bar is not None:
         words = first_bars(words, from_bar)
-    jumps = bar_increments(words)
-    starts = np.flatnonzero(word_kind(words[:, COL["family"]], words[:, COL["bar_pos"]]) == KIND_BAR)  # not rests
+    jumps = bar_jumps(words)
+    starts = np.flatnonzero(bar_lines(words))  # not rests
     bars_from_here = np.cumsum(jumps[::-1])[::-1]
     fitting = starts[bars_from_here[starts] <= keep_bars]
     cut = int(fitting[0]) if len(fitting) else 0
@@ -78,12 +78,6 @@ def first_bars(words: np.ndarray, bars: int) -> np.ndarray:
         rest[COL["rest"]] = VALUE0 + bars - 2 - bar_before
         kept = np.vstack([kept, rest[None]])
     return kept
-
-
-def bar_increments(words: np.ndarray) -> np.ndarray:
-    """Bars each word starts: 1 for a Bar word, k for a Rest word jumping k bars, else 0."""
-    words = np.asarray(words, dtype=np.int64).reshape(-1, len(FIELDS))
-    return bar_jump(word_kind(words[:, COL["family"]], words[:, COL["bar_pos"]]), words[:, COL["rest"]])
 
 
 # ---------------------------------------------------------------- composing

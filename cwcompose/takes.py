@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cwcompose.generation import Composition, bar_increments
+from cwcompose.generation import Composition
+from cwcompose.words import bar_jumps
 from cwcompose.locks import Locks
 from cwcompose.request import ComposeRequest, RequestError
 
@@ -36,7 +37,7 @@ class Take:
     def words_up_to_bar(self, bars: int) -> np.ndarray:
         """The words of this take's first ``bars`` bars (primer included)."""
         words = self.composition.words
-        starts = np.cumsum(bar_increments(words))  # bars begun up to and including each word
+        starts = np.cumsum(bar_jumps(words))  # bars begun up to and including each word
         return words[starts <= bars] if bars < self.bars else words
 
     @property

@@ -96,16 +96,32 @@ def read_words(words, positions_per_bar: int) -> WordReading:
     return WordReading(kind=kind, jump=jump, bar=bar, onset=onset, note=note, length=len(words))
 
 
+def word_kinds(words) -> np.ndarray:
+    """(n,) kind of each word of (n, fields) words (KIND_*)."""
+    words = as_words(words)
+    return word_kind(words[:, COL["family"]], words[:, COL["bar_pos"]])
+
+
+def bar_jumps(words) -> np.ndarray:
+    """(n,) bars each word of (n, fields) words starts: 1 for a Bar word, k for a Rest word
+    jumping k bars, else 0."""
+    words = as_words(words)
+    return bar_jump(word_kinds(words), words[:, COL["rest"]])
+
+
+def bar_lines(words) -> np.ndarray:
+    """(n,) bool: the words that are bar lines (``Bar``; a ``Rest`` word is not one)."""
+    return word_kinds(words) == KIND_BAR
+
+
 def bar_starts(words) -> np.ndarray:
     """Indices of the words that start bars (Bar or Rest words)."""
-    words = as_words(words)
-    return np.flatnonzero(bar_jump(word_kind(words[:, COL["family"]], words[:, COL["bar_pos"]]), words[:, COL["rest"]]))
+    return np.flatnonzero(bar_jumps(words))
 
 
 def count_bars(words) -> int:
     """Bars spanned by words: one per Bar word plus the bars every Rest word jumps."""
-    words = as_words(words)
-    return int(bar_jump(word_kind(words[:, COL["family"]], words[:, COL["bar_pos"]]), words[:, COL["rest"]]).sum())
+    return int(bar_jumps(words).sum())
 
 
 @dataclass(frozen=True)
