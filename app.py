@@ -8,11 +8,12 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import gradio as gr
 import torch
@@ -24,9 +25,10 @@ from cwcompose.render import RenderError
 from cwcompose.request import DEFAULT_CHECKPOINT, MAX_SEED, MAX_VARIATIONS, ComposeRequest, Limits, RequestError
 from cwcompose.roll_view import HEAD, ab_html, empty_roll_html, variations_html
 from cwcompose.sampling import DEFAULT_SAMPLING, FIELD_LABELS, MAX_TEMPERATURE, PRESETS, SamplingConfig
-from cwcompose.studio import Partial, Studio, compare_checkpoints, prune_old_files, stream_compose
+from cwcompose.studio import Partial, Studio, compare_checkpoints, compare_table, prune_old_files, stream_compose
 from cwcompose.takes import History, locks_summary, numbers_table
 from cwcompose.tokenizer import FIELDS, PITCH_CLASSES, MidiReadError
+from cwcompose.turns import run_in_turn, withdraw
 
 CHECKPOINTS_ENV = "CWCOMPOSE_CHECKPOINTS"
 MEMORY_RELEASE_SECONDS = 60  # how often free heap pages go back to the system (cwcompose/memory.py)
@@ -103,13 +105,14 @@ def service_status(studio: Studio) -> str:
             f"(not in `{studio.checkpoint_dir}` yet; choosing one shows an error). {sound}")
 
 
-def forget_session(demo: gr.Blocks, request: gr.Request) -> None:
+def forget_session(demo: gr.Blocks, studio: Studio, request: gr.Request) -> None:
     """A session whose page is gone (its heartbeat closed: the tab closed, the API client closed)
-    frees its takes and Gradio's own per-session copy of the page config (about 0.3 MB of Python
-    objects per visitor, measured) at once; Gradio alone keeps them until 10,000 sessions have
-    come, so a soak with new visitors arriving grew without end."""
-    holder = getattr(demo, "state_holder", None)
-    session = getattr(request, "session_hash", None)
+    frees its takes, its counts in ``studio.turns`` and Gradio's own per-session copy of the page
+    config (about 0.3 MB of Python objects per visitor, measured) at once; Gradio alone keeps them
+    until 10,000 sessions have come, so a soak with new visitors arriving grew without end."""
+    holder, session = getattr(demo, "state_holder", None), getattr(request, "session_hash", None)
+    if session:
+        studio.turns.forget(session)
     if holder is not None and session:
         with holder.lock:
             holder.session_data.pop(session, None)
@@ -208,7 +211,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         demo.load(lambda: service_status(studio), None, status, api_visibility="private")
 
         def forget(request: gr.Request):  # the annotation is what gets the request passed in
-            forget_session(demo, request)
+            forget_session(demo, studio, request)
 
         demo.unload(forget)
     return demo.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
@@ -318,10 +321,10 @@ def takes_rows(history: History) -> list[list]:
             for t in history.takes] or [["", "", "", "", ""]]
 
 
-def take_outputs(take, seed_fallback=0) -> tuple:
-    """What the result panel shows of ``take``: audio, MIDI, roll, numbers, seed."""
+def take_outputs(take) -> tuple:
+    """What the result panel shows of ``take``: audio, MIDI, roll, numbers, seed (no take: left as set)."""
     if take is None:
-        return None, None, empty_roll_html("No takes yet: press Generate."), EMPTY_NUMBERS, seed_fallback
+        return None, None, empty_roll_html("No takes yet: press Generate."), EMPTY_NUMBERS, gr.update()
     return (str(take.audio_path) if take.audio_path else None, str(take.midi_path), take.roll,
             {"headers": NUMBER_HEADERS, "data": numbers_table(take.numbers)}, take.seed)
 
@@ -338,19 +341,13 @@ class TakeEvents:
 
     def stream(self, req: ComposeRequest, hist: History, request: gr.Request, label: str):
         """Streamed updates (the roll, which carries the audio chunk list), then the final take."""
-        studio, r, key = self.studio, self.r, session_key(request)
-        try:
-            with studio.turns.turn(key) as turn:  # fair queuing: one waiting request per session
-                while not turn.wait(timeout=1.0):  # yielding lets Gradio drop a request whose client left
-                    yield {r["piano_roll"]: empty_roll_html(f"Waiting for your turn: {turn.ahead} ahead of you.")}
-                stop = studio.stops.start(key)
-                try:
-                    for event in stream_compose(studio, req, stop, label=label):
-                        yield {r["piano_roll"]: event.roll} if isinstance(event, Partial) else self.finished(event, hist)
-                finally:
-                    studio.stops.finish(key, stop)
-        except USER_ERRORS as err:
-            raise gr.Error(str(err)) from err
+        roll = self.r["piano_roll"]
+
+        def run(stop: threading.Event):
+            for event in stream_compose(self.studio, req, stop, label=label):
+                yield {roll: event.roll} if isinstance(event, Partial) else self.finished(event, hist)
+
+        yield from in_turn(self.studio, session_key(request), lambda text: {roll: empty_roll_html(text)}, run)
 
     def finished(self, takes: list, hist: History) -> dict:
         hist.add(takes[0], takes if len(takes) > 1 else [])
@@ -387,19 +384,27 @@ class TakeEvents:
                               seed=None if random_seed else seed)
         yield from self.stream(req, hist, request, label="continued")
 
-    @staticmethod
-    def undo(hist: History):
+    def restored(self, *takes) -> None:
+        """Writes again the files of ``takes`` that the oldest-first deletion of result folders
+        (shared by all sessions) took: a session's history outlives them."""
+        try:
+            self.studio.restore_files(*(t for t in takes if t is not None))
+        except USER_ERRORS as err:
+            raise gr.Error(str(err)) from err
+
+    def undo(self, hist: History):
         hist.undo()
+        self.restored(hist.current)
         return (*take_outputs(hist.current), hist)
 
-    @staticmethod
-    def keep(choice, hist: History):
+    def keep(self, choice, hist: History):
         if not choice:
             raise gr.Error("Pick a variation to keep first.")
         try:
             take = hist.keep(int(choice) - 1)
         except RequestError as err:
             raise gr.Error(str(err)) from err
+        self.restored(*hist.variations)  # the kept one, and the others still shown beside it
         return (*take_outputs(take), hist)
 
     @staticmethod
@@ -408,10 +413,6 @@ class TakeEvents:
         items = [(f"Variation {i + 1} (seed {t.seed})", t.roll_small, str(t.audio_path))
                  for i, t in enumerate(hist.variations) if t.audio_path] if n else []
         return takes_rows(hist), variations_html(items), gr.update(value="1", visible=n > 1), gr.update(visible=n > 1)
-
-    def stop_clicked(self, request: gr.Request):
-        self.studio.turns.drop_waiting(session_key(request))
-        self.studio.stops.stop(session_key(request))
 
     def wire(self, sliders: dict) -> None:
         c, r, history = self.c, self.r, self.history
@@ -432,7 +433,7 @@ class TakeEvents:
         for event in events:
             event.then(self.show_history, history, [r["takes"], r["variations"], r["keep_choice"], r["keep"]],
                        api_visibility="private")
-        c["stop"].click(self.stop_clicked, None, None, api_name="stop")
+        c["stop"].click(stop_handler(self.studio), None, None, api_name="stop")
 
 
 def wire_events(studio: Studio, history: gr.State, c: dict, r: dict, compare_ui: dict) -> None:
@@ -466,44 +467,49 @@ def wire_compare(studio: Studio, c: dict, ui: dict, sliders: dict) -> None:
                 tempo_bpm=0, request: gr.Request = None, **sampling):
         req = build_request(DEFAULT_CHECKPOINT, primer, primer_bars, bars, seed, random_seed, sampling,
                             locks=locks_from(chords, key, key_strength, tempo_bpm))
-        key_ = session_key(request)
-        try:
-            with studio.turns.turn(key_) as turn:
-                turn.wait()
-                stop = studio.stops.start(key_)
-                try:
-                    takes = compare_checkpoints(studio, req, stop)
-                finally:
-                    studio.stops.finish(key_, stop)
-        except USER_ERRORS as err:
-            raise gr.Error(str(err)) from err
-        values, items, columns = {}, [], {}
-        for letter, (step, take) in zip("ABC", takes.items()):
-            if isinstance(take, str):
-                gr.Warning(take)
-                values.update({ui["files"][step]["audio"]: None, ui["files"][step]["midi"]: None})
-                continue
-            audio = str(take.audio_path) if take.audio_path else None  # None: the soundfont is gone
-            items.append((letter, f"checkpoint {step}", take.roll_static, audio or ""))
-            values.update({ui["files"][step]["audio"]: audio,
-                           ui["files"][step]["midi"]: str(take.midi_path)})
-            columns[step] = take.numbers
-        names = next((list(n) for n in columns.values()), [])
-        rows = [[name] + [str(columns[s][name]) if s in columns else "not available" for s in takes]
-                for name in names if name != "checkpoint"]
-        seed_used = next((t.seed for t in takes.values() if not isinstance(t, str)), seed)
-        return {**values, ui["view"]: ab_html(items), c["seed"]: seed_used,
-                ui["table"]: {"headers": ["measure", *map(str, takes)], "data": rows or [["", "", "", ""]]}}
+
+        def run(stop: threading.Event):
+            yield compare_outputs(c, ui, compare_checkpoints(studio, req, stop), seed)
+
+        yield from in_turn(studio, session_key(request), lambda text: {ui["view"]: empty_roll_html(text)}, run)
 
     outputs = [ui["view"], ui["table"], c["seed"]] + [f[k] for f in ui["files"].values() for k in ("audio", "midi")]
     inputs = [c[k] for k in ("primer", "primer_bars", "bars", "seed", "random_seed", "chords", "key", "key_strength",
                              "tempo")]
     ui["compare"].click(compare, inputs, outputs, inputs_kwargs=sliders, api_name="compare",
                         show_progress="minimal", **studio_queue(studio))
-    def stop_clicked(request: gr.Request):
-        studio.stops.stop(session_key(request))
+    ui["stop"].click(stop_handler(studio), None, None, api_visibility="private")
 
-    ui["stop"].click(stop_clicked, None, None, api_visibility="private")
+
+def compare_outputs(c: dict, ui: dict, takes: dict, seed) -> dict:
+    """The compare tab showing ``takes`` (step -> Take, or a message, shown as a warning)."""
+    values, items = {}, []
+    for letter, (step, take) in zip("ABC", takes.items()):
+        files = ui["files"][step]
+        if isinstance(take, str):
+            gr.Warning(take)
+            values.update({files["audio"]: None, files["midi"]: None})
+            continue
+        audio = str(take.audio_path) if take.audio_path else None  # None: the soundfont is gone
+        items.append((letter, f"checkpoint {step}", take.roll_static, audio or ""))
+        values.update({files["audio"]: audio, files["midi"]: str(take.midi_path)})
+    seed_used = next((t.seed for t in takes.values() if not isinstance(t, str)), seed)
+    return {**values, ui["view"]: ab_html(items), c["seed"]: seed_used, ui["table"]: compare_table(takes)}
+
+
+def in_turn(studio: Studio, key: str, waiting: Callable[[str], dict], run: Callable) -> Iterator[dict]:
+    """``turns.run_in_turn`` for session ``key``, a problem for the person becoming a gr.Error."""
+    try:
+        yield from run_in_turn(studio.turns, studio.stops, key, run, waiting)
+    except USER_ERRORS as err:
+        raise gr.Error(str(err)) from err
+
+
+def stop_handler(studio: Studio) -> Callable:
+    """A Stop button's handler: withdraws the session's waiting request, stops its running one."""
+    def stop_clicked(request: gr.Request):  # the annotation is what gets the request passed in
+        withdraw(studio.turns, studio.stops, session_key(request))
+    return stop_clicked
 
 
 def studio_queue(studio: Studio) -> dict:
@@ -559,11 +565,15 @@ def launch(studio: Studio, **options) -> gr.Blocks:
 
 
 def every(seconds: float, action: Callable[[], object], name: str) -> threading.Thread:
-    """Run ``action`` every ``seconds`` in a daemon thread called ``name``, for as long as the process lives."""
+    """Run ``action`` every ``seconds`` in a daemon thread called ``name``, for as long as the process
+    lives; a round that raises is logged, and the next round runs as usual."""
     def forever() -> None:
         while True:
             time.sleep(seconds)
-            action()
+            try:
+                action()
+            except Exception:  # one failed round (e.g. a folder gone mid-walk) must not end the job for good
+                logging.getLogger(__name__).exception("periodic job %s failed; it runs again in %s s", name, seconds)
 
     thread = threading.Thread(target=forever, name=name, daemon=True)
     thread.start()

@@ -16,6 +16,7 @@ import dataclasses
 import errno
 import functools
 import json
+import os
 import secrets
 import shutil
 import tempfile
@@ -214,6 +215,36 @@ class Studio:
                 "few minutes; if it keeps happening, the Space owner needs to free disk space or make the results "
                 "folder writable (or set TMPDIR to a writable folder) and restart the app.")
 
+    def restore_files(self, *takes: Take) -> None:
+        """Write again, into one new result folder, the files of those ``takes`` whose folder is
+        gone: result folders are shared by every session and the oldest go once ``kept_results``
+        exist, while a session's history keeps up to 20 takes, so Undo or Keep can reach such a
+        take. Its MIDI comes from its composition, its audio is rendered again (None without a
+        soundfont) and its roll plays that audio. The takes are updated in place, so the history
+        and the variations holding them keep the new paths; a failed write is a StorageError."""
+        missing = [t for t in takes if not t.midi_path.is_file() or (t.audio_path and not t.audio_path.is_file())]
+        if not missing:
+            return
+        folder = self.new_result_dir()
+        try:
+            written = [(take, *self._write_take_files(take, folder)) for take in missing]
+        except OSError as err:
+            self.discard_results([folder])
+            raise StorageError(self.storage_message(err)) from err
+        for take, midi_path, audio_path in written:  # only once every file is written
+            take.midi_path, take.audio_path = midi_path, audio_path
+            take.roll = take_roll(take.composition, take.checkpoint, [audio_path] if audio_path else [],
+                                  f"{folder.name}-{midi_path.stem}")
+
+    def _write_take_files(self, take: Take, folder: Path) -> tuple[Path, Path | None]:
+        """``take``'s MIDI and audio (None without a soundfont) written in ``folder``, under their names."""
+        midi_path = folder / take.midi_path.name
+        take.composition.midi.dump(str(midi_path))
+        audio = self.render_or_none(take.composition.midi)
+        audio_path = None if audio is None else _write_wav(midi_path.with_suffix(".wav"), audio,
+                                                           self.renderer.sample_rate)
+        return midi_path, audio_path
+
     def close(self) -> None:
         """Delete every result folder and free the synths."""
         shutil.rmtree(self._workdir, ignore_errors=True)
@@ -225,17 +256,25 @@ class Studio:
 
 def prune_old_files(folder: str | Path, age_seconds: float) -> int:
     """Delete the files under ``folder`` last changed more than ``age_seconds`` ago, and the
-    folders that leaves empty; returns how many files went. Files that vanish meanwhile are skipped."""
+    folders that leaves empty; returns how many files went. Gradio's own cache cleaner works on
+    the same folder, so any file or folder may vanish mid-walk: one that cannot be listed or
+    removed any more is skipped, never an error."""
     cutoff, removed = time.time() - age_seconds, 0
-    for path in sorted(Path(folder).rglob("*"), reverse=True):  # children before their folders
-        try:
-            if path.is_file() and path.lstat().st_ctime < cutoff:
-                path.unlink()
-                removed += 1
-            elif path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
-        except OSError:
-            continue
+    # bottom-up: a folder's files go before the folder is tried
+    for parent, folders, files in os.walk(folder, topdown=False, onerror=lambda err: None):
+        for name in files:
+            path = os.path.join(parent, name)
+            try:
+                if os.lstat(path).st_ctime < cutoff:
+                    os.unlink(path)
+                    removed += 1
+            except OSError:
+                continue
+        for name in folders:
+            try:
+                os.rmdir(os.path.join(parent, name))  # only an empty folder goes
+            except OSError:
+                continue
     return removed
 
 
@@ -350,7 +389,9 @@ def request_opening(tokenizer, request: ComposeRequest) -> tuple:
     if request.primer_words is not None:
         primer = request.primer_words
     elif request.primer is not None:
-        primer = tokenizer.encode(request.primer.read_bytes(), end=False)
+        # through the tokenizer's own reader: a failed read is a MidiReadError naming the primer,
+        # never an OSError that guard_result_files would report as the results disk failing
+        primer = tokenizer.encode(request.primer, end=False)
     else:
         primer = None
     opening = primer_words(tokenizer, primer, request.primer_bars, request.from_bar) if primer is not None else None
@@ -385,6 +426,16 @@ def compare_checkpoints(studio: "Studio", request: ComposeRequest, stop: threadi
         except CheckpointError as err:
             out[step] = str(err)
     return out
+
+
+def compare_table(takes: dict) -> dict:
+    """:func:`compare_checkpoints`' results as a table: a row per measure, a column per checkpoint
+    ("not available" where a checkpoint gave a message instead of a take)."""
+    columns = {step: take.numbers for step, take in takes.items() if not isinstance(take, str)}
+    names = next((list(numbers) for numbers in columns.values()), [])
+    rows = [[name] + [str(columns[s][name]) if s in columns else "not available" for s in takes]
+            for name in names if name != "checkpoint"]
+    return {"headers": ["measure", *map(str, takes)], "data": rows or [[""] * (len(takes) + 1)]}
 
 
 @guard_result_files
@@ -448,7 +499,6 @@ def stream_compose(studio: "Studio", request: ComposeRequest, stop: threading.Ev
 
 def _take(studio: "Studio", request: ComposeRequest, composition: Composition, folder: Path, row: int,
           chunks: list[Path] | None, stream_id: str, label: str) -> Take:
-    from cwcompose.roll_view import RollNotes, roll_html
     sample_rate = studio.renderer.sample_rate
     if chunks:
         import wave
@@ -473,9 +523,16 @@ def _take(studio: "Studio", request: ComposeRequest, composition: Composition, f
     numbers.update(locks_summary(request.locks))
     if request.variations > 1:
         numbers["variation"] = row + 1
-    notes = RollNotes.from_midi(composition.midi, composition.primer_end_tick,
-                                bars=composition.primer_bars + composition.bars)
-    title = f"checkpoint {request.checkpoint}, seed {composition.seed}"
-    roll = roll_html(notes, title=title, chunks=chunks or [], stream_id=stream_id if chunks else "", done=True)
+    roll = take_roll(composition, request.checkpoint, chunks or [], stream_id)
     return Take(request.checkpoint, composition.seed, dataclasses.replace(request, seed=composition.seed),
                 composition, midi_path, audio_path, numbers, roll, label)
+
+
+def take_roll(composition: Composition, checkpoint: int, audio: list[Path], stream_id: str) -> str:
+    """A finished take's roll; its player streams the ``audio`` files under ``stream_id`` (no
+    player without audio)."""
+    from cwcompose.roll_view import RollNotes, roll_html
+    notes = RollNotes.from_midi(composition.midi, composition.primer_end_tick,
+                                bars=composition.primer_bars + composition.bars)
+    return roll_html(notes, title=f"checkpoint {checkpoint}, seed {composition.seed}", chunks=audio,
+                     stream_id=stream_id if audio else "", done=True)

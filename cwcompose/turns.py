@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from cwcompose.request import RequestError
 
@@ -36,6 +36,31 @@ class StopSignals:
                 del self._events[key]
 
 
+Update = TypeVar("Update")
+
+
+def run_in_turn(turns: "Turns", stops: StopSignals, session: str, run: Callable[[threading.Event], Iterator[Update]],
+                waiting: Callable[[str], Update]) -> Iterator[Update]:
+    """The updates of ``run(stop)``, run in ``session``'s fair turn, with the stop flag that a
+    Stop click sets for as long as it runs. While it waits it yields ``waiting(message)`` every
+    second, the message saying how many are ahead: a caller streaming to a client (Gradio) can
+    then notice the client left, and close this generator, which leaves the line."""
+    with turns.turn(session) as turn:
+        while not turn.wait(timeout=1.0):
+            yield waiting(f"Waiting for your turn: {turn.ahead} ahead of you.")
+        stop = stops.start(session)
+        try:
+            yield from run(stop)
+        finally:
+            stops.finish(session, stop)
+
+
+def withdraw(turns: "Turns", stops: StopSignals, session: str) -> None:
+    """Stop clicked: ``session``'s waiting request is withdrawn and its running one stops."""
+    turns.drop_waiting(session)
+    stops.stop(session)
+
+
 class QueueFull(RequestError):
     """Too many requests are waiting; the person should try again shortly."""
 
@@ -46,7 +71,7 @@ class Replaced(RequestError):
 
 REPLACED = ("This request was replaced by a newer one from the same session, which runs in its place. "
             "Press Generate once and wait for it (Stop ends it early).")
-WITHDRAWN = "Stopped before its turn came: nothing was composed. Press Generate to ask again."
+WITHDRAWN = "Stopped before its turn came: nothing was composed. Click Generate or Compare to ask again."
 
 
 class Ticket:
@@ -89,7 +114,8 @@ class Turns:
     composing runs the last click only, and never pushes anyone else back). With at most one
     waiting request per session, a request waits at most for the requests running and one
     request of each session ahead of it. At most ``max_waiting`` requests wait in all
-    (:class:`QueueFull` after that). ``started`` counts the requests run per session.
+    (:class:`QueueFull` after that). ``started`` counts the requests run per session, until
+    ``forget``.
     """
 
     def __init__(self, at_once: int = 1, max_waiting: int = 16):
@@ -136,6 +162,12 @@ class Turns:
                 t.replaced, t.reason = True, WITHDRAWN
                 self._waiting.remove(t)
             self._cond.notify_all()
+
+    def forget(self, session: str) -> None:
+        """Drop ``session``'s counts once its page is gone: kept, they grow with every visitor."""
+        with self._cond:
+            for counts in (self.started, self.replaced, self.most_held):
+                counts.pop(session, None)
 
     def _leave(self, ticket: Ticket) -> None:
         with self._cond:

@@ -91,6 +91,14 @@ def test_takes_undo_rewind_and_continue(client, first_seed):
     assert Path(back[1]).read_bytes() == Path(midi).read_bytes(), "undo shows the take before"
 
 
+def test_undo_to_no_take_leaves_the_seed_box_as_it_was(client):
+    visitor = Client(client.src, verbose=False)  # a session of its own: no takes yet
+    assert visitor.predict(bars=1, seed=5, random_seed=False, api_name="/compose")[-1] == 5
+    audio, midi, roll, table, seed = visitor.predict(api_name="/undo")
+    assert audio is None and midi is None and "No takes yet" in roll
+    assert seed == {"__type__": "update"}, "the Seed box is left alone, not reset to 0"
+
+
 def test_variations_are_separate_takes(client):
     audio, midi, roll, table, seed = client.predict(bars=4, variations=3, seed=5, random_seed=False,
                                                     api_name="/compose")

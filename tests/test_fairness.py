@@ -8,6 +8,7 @@ import threading
 import time
 from contextlib import contextmanager
 
+import httpx
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
@@ -141,6 +142,56 @@ def test_a_waiting_request_sees_how_many_are_ahead_and_stop_withdraws_it(checkpo
         studio.renderer.go.set()
         assert first.result()[-1] == 1 and studio.turns.started == {a.session_hash: 1}
 
+
+
+def click(demo, client: Client, elem_id: str) -> None:
+    """What the page sends when button ``elem_id`` is clicked in ``client``'s session (also for a
+    private event: out of the API, the page still calls it over the same queue)."""
+    button = next(c["id"] for c in demo.config["components"] if c.get("props", {}).get("elem_id") == elem_id)
+    fn = next(d["id"] for d in demo.config["dependencies"] if [button, "click"] in map(list, d["targets"]))
+    httpx.post(client.sse_data_url, json={"data": [], "fn_index": fn, "session_hash": client.session_hash,
+                                          "event_data": None, "trigger_id": button}).raise_for_status()
+
+
+def test_a_waiting_compare_shows_its_place_and_its_stop_withdraws_it(checkpoints):
+    with served(checkpoints) as (demo, studio):
+        a, b = Client(demo.local_url, verbose=False), Client(demo.local_url, verbose=False)
+        studio.renderer.go.clear()
+        first = compose(a, seed=1)
+        wait_until(lambda: studio.turns.snapshot()["running"] == [a.session_hash])
+        waiting = b.submit(bars=2, seed=7, random_seed=False, api_name="/compare")
+        wait_until(lambda: any("Waiting for your turn: 1 ahead of you" in str(out[0]) for out in waiting.outputs()),
+                   seconds=10)
+        click(demo, b, "compare-stop")  # the compare tab's own Stop
+        with pytest.raises(AppError, match="Stopped before its turn came: nothing was composed"):
+            waiting.result(timeout=20)
+        studio.renderer.go.set()
+        assert first.result()[-1] == 1 and studio.turns.started == {a.session_hash: 1}
+
+
+def test_sessions_that_leave_are_forgotten_by_the_turns(checkpoints, monkeypatch):
+    monkeypatch.setenv("GRADIO_HEARTBEAT_INTERVAL", "0.5")  # how soon the server notices (15 s by default)
+    with served(checkpoints) as (demo, studio):
+        turns, visitors = studio.turns, [Client(demo.local_url, verbose=False) for _ in range(3)]
+        studio.renderer.go.clear()
+        running = compose(visitors[0], seed=1)
+        wait_until(lambda: turns.snapshot()["running"] == [visitors[0].session_hash])
+        replaced = compose(visitors[0], seed=2)
+        wait_until(lambda: turns.snapshot()["waiting"] == [visitors[0].session_hash])
+        last = compose(visitors[0], seed=3)  # takes the place of seed 2
+        wait_until(lambda: turns.replaced.get(visitors[0].session_hash) == 1)
+        studio.renderer.go.set()
+        assert running.result()[-1] == 1 and last.result()[-1] == 3
+        with pytest.raises(AppError, match="replaced"):
+            replaced.result()
+        for seed, visitor in enumerate(visitors[1:], 4):
+            compose(visitor, seed).result()
+        sessions = {v.session_hash for v in visitors}
+        assert sessions <= set(turns.started) and sessions <= set(turns.most_held)
+        for visitor in visitors:
+            visitor.close()  # the heartbeat ends, as when a tab closes
+        wait_until(lambda: not sessions & {*turns.started, *turns.replaced, *turns.most_held}, seconds=10)
+        assert turns.started == turns.replaced == turns.most_held == {}
 
 def test_the_queue_has_a_size(checkpoints):
     with served(checkpoints, Limits(queue_size=2)) as (demo, studio):

@@ -1,12 +1,14 @@
 """Faults that happen while the server runs, each through the running app over HTTP (gradio_client
 against an in-process server on tiny stand-in checkpoints): the soundfont goes, a checkpoint file
-turns to garbage, the results disk fills up or turns read-only, a client disconnects mid-stream.
+turns to garbage, the results disk fills up or turns read-only, a client disconnects mid-stream,
+a take's result folder is deleted (the oldest go) while its session can still Undo or Keep to it.
 Every message must say what is wrong and what to do, without Python exception names."""
 
 from __future__ import annotations
 
 import builtins
 import errno
+import html
 import json
 import os
 import re
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import wave
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from gradio_client.exceptions import AppError
 import app
 from app_harness import make_tiny_checkpoints
 from cwcompose.render import Renderer, pretty_midi_soundfont
+from cwcompose.request import Limits
 from cwcompose.studio import Studio
 
 EXCEPTION_NAME = re.compile(r"\b\w*(Error|Exception)\b|Traceback|Errno")
@@ -285,7 +289,7 @@ def test_a_client_that_disconnects_mid_stream_stops_the_work_within_a_bar(checkp
                                  timeout=60, env={**os.environ, "PYTHONPATH": ""})
         gone = time.monotonic()
         session = json.loads(process.stdout.splitlines()[-1])["session"]
-        assert studio.turns.started == {session: 1}
+        assert list(studio.turns.order) == [session]  # it ran (its counts may be forgotten already: it left)
         deadline = gone + 10
         while studio.turns.snapshot()["running"] and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -316,3 +320,40 @@ def test_a_closed_session_is_forgotten(checkpoints, monkeypatch):
             time.sleep(0.05)
         assert visitor.session_hash not in demo.state_holder.session_data
         assert client.predict(bars=1, seed=2, random_seed=False, api_name="/compose")[-1] == 2
+
+
+# ---------------------------------------------------------------- result folders deleted under a take
+
+
+def roll_chunks(roll: str) -> list[Path]:
+    """The audio files a roll's player streams (its data-chunks)."""
+    return [Path(p) for p in json.loads(html.unescape(re.search(r'data-chunks="([^"]*)"', roll)[1]))]
+
+
+def test_undo_and_keep_bring_back_a_take_whose_files_were_deleted(checkpoints):
+    """Result folders are shared by every session and the oldest go beyond ``kept_results``,
+    while a session's history keeps 20 takes: Undo and Keep write a take's files again."""
+    studio = Studio(checkpoints, limits=Limits(kept_results=2))
+    with served(studio) as (demo, client):
+        other = Client(demo.local_url, verbose=False)
+        first = client.predict(bars=2, seed=1, random_seed=False, api_name="/compose")
+        client.predict(bars=2, seed=2, random_seed=False, api_name="/compose")
+        other.predict(bars=2, seed=3, random_seed=False, api_name="/compose")  # the first take's folder goes
+        assert len(list(studio.workdir.iterdir())) == 2
+        audio, midi, roll, table, seed = client.predict(api_name="/undo")
+        assert seed == 1 and numbers(table)["seed"] == "1"
+        assert Path(midi).read_bytes() == Path(first[1]).read_bytes(), "the same piece, written again"
+        with wave.open(audio) as restored, wave.open(first[0]) as original:
+            assert restored.getnframes() == original.getnframes() > 0
+        assert roll_chunks(roll) and all(p.is_file() for p in roll_chunks(roll)), "the roll's player has audio"
+
+        client.predict(bars=2, variations=2, seed=10, random_seed=False, api_name="/compose")
+        for seed in (4, 5):  # another session's results: the variations' folder goes
+            other.predict(bars=2, seed=seed, random_seed=False, api_name="/compose")
+        audio, midi, roll, table, seed = client.predict(choice="2", api_name="/keep")
+        assert seed == 11 and numbers(table)["variation"] == "2" and miditoolkit.MidiFile(midi).instruments
+        assert audio is not None and roll_chunks(roll)[0].is_file()
+        shown_beside = sorted(p.suffix for p in studio.workdir.rglob("cwcompose-28500-seed10.*"))
+        assert shown_beside == [".mid", ".wav"], "variation 1, still shown beside it, is restored too"
+        audio, midi, *_, seed = client.predict(api_name="/undo")  # its folder went again meanwhile
+        assert seed == 1 and Path(midi).read_bytes() == Path(first[1]).read_bytes()

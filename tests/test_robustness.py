@@ -333,6 +333,73 @@ def test_uploads_and_served_files_are_deleted_after_cache_seconds(tmp_path, monk
         studio.close()
 
 
+
+CHURN = """
+import os, shutil, sys
+root, i = sys.argv[1], 0
+while True:  # folders appear and vanish, as Gradio's own cache cleaner makes them vanish
+    try:
+        os.makedirs(os.path.join(root, f"d{i % 20}", "x", "y"), exist_ok=True)
+    except OSError:
+        pass
+    shutil.rmtree(os.path.join(root, f"d{(i + 10) % 20}"), ignore_errors=True)
+    i += 1
+"""
+
+
+def test_pruning_tolerates_folders_vanishing_mid_walk(tmp_path):
+    import subprocess
+    import sys
+
+    from cwcompose.studio import prune_old_files
+    cache = tmp_path / "cache"
+    (cache / "kept").mkdir(parents=True)
+    (cache / "kept" / "new.wav").write_bytes(b"x")
+    churn = subprocess.Popen([sys.executable, "-c", CHURN, str(cache)])
+    try:
+        time.sleep(0.3)
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:  # unguarded, most of these walks met a vanished folder
+            assert prune_old_files(cache, 3600) == 0
+    finally:
+        churn.kill()
+        churn.wait()
+    assert (cache / "kept" / "new.wav").is_file(), "a file younger than the age is kept"
+    assert prune_old_files(cache, 0) == 1 and not (cache / "kept").exists()
+
+
+def test_a_periodic_job_that_fails_keeps_running_and_logs_why(caplog):
+    import logging
+    import threading
+    calls, ran_again, park = [], threading.Event(), threading.Event()
+
+    def action():
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise OSError("a folder vanished mid-walk")
+        ran_again.set()
+        park.wait()  # the test is over: the daemon thread stays here, idle
+
+    with caplog.at_level(logging.ERROR):
+        app_module.every(0.01, action, "flaky-job")
+        assert ran_again.wait(10), "the job ended at its first failure"
+    assert "flaky-job" in caplog.text and "a folder vanished mid-walk" in caplog.text
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").is_file(), reason="needs Linux's /proc/self/mem")
+def test_a_primer_that_cannot_be_read_is_reported_as_unreadable(tmp_path):
+    """An input/output error while reading the primer names the primer, not the results disk."""
+    studio = Studio(make_tiny_checkpoints(tmp_path / "ckpt", steps=(28500,)))
+    primer = tmp_path / "p.mid"
+    primer.symlink_to("/proc/self/mem")  # a regular file whose reads fail with an input/output error
+    try:
+        with pytest.raises(MidiReadError, match="cannot read p.mid: Input/output error") as raised:
+            list(stream_compose(studio, ComposeRequest(checkpoint=28500, primer=primer, primer_bars=1, bars=1,
+                                                       seed=1)))
+        assert not message_faults(str(raised.value))
+    finally:
+        studio.close()
+
 class PickleBomb:
     """Unpickling this touches a marker file: proof that someone ran pickle on it."""
 
