@@ -233,7 +233,7 @@ def compose_controls(limits: Limits, checkpoints: list[tuple[str, int]]) -> dict
     with gr.Row():
         c["chords"] = gr.Textbox(label="Chords, one per bar (e.g. C G Am F)", placeholder="free",
                                  elem_id="chords", min_width=150, max_lines=1)
-        c["tempo"] = NumberInput(0, minimum=0, maximum=250, label="Tempo BPM (0 = free)", elem_id="tempo",
+        c["tempo"] = NumberInput(0, minimum=0, maximum=250, label="Tempo BPM (40–250; 0 = free)", elem_id="tempo",
                                min_width=80)
     with gr.Row():
         c["key"] = gr.Dropdown(KEYS, value="", label="Key", elem_id="key", min_width=120)
