@@ -19,7 +19,7 @@ it on a Web Audio clock at its exact sample offset, so playback is gapless and s
 the first bar is ready. Chunk lists, not the audio, travel with each update, so an update the
 browser skips (two arriving in one frame) loses nothing.
 
->>> html = roll_html(RollNotes.from_midi(midi, primer_end_tick=0), bar_seconds=[0.0, 2.0, 4.0])
+>>> html = roll_html(RollNotes.from_midi(midi, primer_end_tick=0, bars=16), title="take 1")
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class RollNotes:
 
 
 def roll_html(notes: RollNotes, *, title: str = "", chunks: list[str | Path] = (), stream_id: str = "",
-              done: bool = True, compact: bool = False, px_per_bar: int = 96, audio_url: str = "") -> str:
+              done: bool = True, compact: bool = False, px_per_bar: int = 96) -> str:
     """The roll as one HTML fragment. ``chunks`` are audio chunk files to stream in order under
     ``stream_id``; ``done`` says no more will come. Compact rolls (variations) are shorter."""
     height = 96 if compact else 220
@@ -100,8 +100,7 @@ def roll_html(notes: RollNotes, *, title: str = "", chunks: list[str | Path] = (
 
     attrs = {"data-bar-seconds": json.dumps(list(notes.bar_seconds)), "data-px-per-bar": px_per_bar,
              "data-bars": notes.bars, "data-notes": len(notes.pitch), "data-stream": stream_id,
-             "data-chunks": json.dumps([str(c) for c in chunks]), "data-done": int(done),
-             "data-audio-url": audio_url}
+             "data-chunks": json.dumps([str(c) for c in chunks]), "data-done": int(done)}
     attr_text = " ".join(f'{k}="{html.escape(str(v), quote=True)}"' for k, v in attrs.items())
     play = ('<button type="button" class="cw-btn cw-play" data-cw="play" aria-label="Play from the start">'
             'Play</button>') if stream_id and not compact else ""

@@ -144,7 +144,8 @@ class Studio:
             self.model(step)
         return steps
 
-    def _tokenizer_config(self, step: int):
+    def tokenizer_config(self, step: int):
+        """The TokenizerConfig of checkpoint ``step`` (loaded)."""
         return self._models[step][1].config
 
     # ------------------------------------------------------------ files
@@ -283,10 +284,7 @@ class Partial:
     """A streamed update: the roll so far and the audio chunk files so far (variation 1)."""
 
     bars_done: int  # bars of the piece (primer included) complete so far
-    total_bars: int
-    roll: str
-    chunks: list[Path]
-    stream_id: str
+    roll: str  # the roll's HTML, which lists the audio chunk files for the browser's player
 
 
 def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> Path:
@@ -467,9 +465,8 @@ def stream_compose(studio: "Studio", request: ComposeRequest, stop: threading.Ev
         if len(chunk):  # a WAV with no frames is not decodable audio in a browser
             chunks.append(_write_wav(folder / f"chunk{len(chunks):03d}.wav", chunk, sample_rate))
         notes = RollNotes.from_midi(midi, primer_end, bars=complete)
-        return Partial(complete, total_bars, roll_html(notes, title=f"composing, bar {complete} of {total_bars}",
-                                                       chunks=chunks, stream_id=stream_id, done=False),
-                       list(chunks), stream_id)
+        return Partial(complete, roll_html(notes, title=f"composing, bar {complete} of {total_bars}",
+                                           chunks=chunks, stream_id=stream_id, done=False))
 
     with studio.audio_stream() as audio_stream:  # no synth (soundfont gone): MIDI and roll only
         primer_end = 0
@@ -519,8 +516,9 @@ def _take(studio: "Studio", request: ComposeRequest, composition: Composition, f
     midi_path = folder / (f"cwcompose-{request.checkpoint}-seed{composition.seed}"
                           f"{f'-v{row + 1}' if row else ''}.mid")
     composition.midi.dump(str(midi_path))
-    numbers = piece_metrics(composition, studio._tokenizer_config(request.checkpoint), request.checkpoint)
-    numbers.update(locks_summary(request.locks))
+    config = studio.tokenizer_config(request.checkpoint)
+    numbers = piece_metrics(composition, config, request.checkpoint)
+    numbers.update(locks_summary(request.locks, config))
     if request.variations > 1:
         numbers["variation"] = row + 1
     roll = take_roll(composition, request.checkpoint, chunks or [], stream_id)

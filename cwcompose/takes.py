@@ -7,10 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from cwcompose.generation import Composition
-from cwcompose.words import bar_jumps
 from cwcompose.locks import Locks
 from cwcompose.request import ComposeRequest, RequestError
 
@@ -25,7 +22,7 @@ class Take:
     request: ComposeRequest  # the settings and locks it was composed with
     composition: Composition
     midi_path: Path
-    audio_path: Path
+    audio_path: Path | None  # None: no soundfont, MIDI and roll only
     numbers: dict
     roll: str  # piano-roll HTML
     label: str = ""
@@ -33,12 +30,6 @@ class Take:
     @property
     def bars(self) -> int:
         return self.composition.primer_bars + self.composition.bars
-
-    def words_up_to_bar(self, bars: int) -> np.ndarray:
-        """The words of this take's first ``bars`` bars (primer included)."""
-        words = self.composition.words
-        starts = np.cumsum(bar_jumps(words))  # bars begun up to and including each word
-        return words[starts <= bars] if bars < self.bars else words
 
     @property
     def roll_small(self) -> str:
@@ -53,10 +44,6 @@ class Take:
         from cwcompose.roll_view import RollNotes, roll_html
         notes = RollNotes.from_midi(self.composition.midi, self.composition.primer_end_tick, bars=self.bars)
         return roll_html(notes, title=f"checkpoint {self.checkpoint}, seed {self.seed}")
-
-    def describe(self) -> str:
-        locks = ", ".join(f"{k} {v}" for k, v in locks_summary(self.request.locks).items()) or "no locks"
-        return f"{self.label}: checkpoint {self.checkpoint}, seed {self.seed}, {self.bars} bars, {locks}"
 
 
 @dataclass

@@ -54,16 +54,8 @@ class CPTokenizer:
         self._ids = {field: {name: i for i, name in enumerate(names)} for field, names in self.vocab.items()}
 
     @property
-    def field_names(self) -> tuple[str, ...]:
-        return FIELDS
-
-    @property
     def vocab_sizes(self) -> dict[str, int]:
         return {field: len(names) for field, names in self.vocab.items()}
-
-    def column(self, field: str) -> int:
-        """Index of ``field`` in a word array's second axis."""
-        return FIELDS.index(field)
 
     # ------------------------------------------------------------ token names
 

@@ -1,6 +1,6 @@
-"""Fair turns: one request composes at a time, first come first served, and a session
-holds at most one waiting request (a newer click replaces it; Stop withdraws it). Also the
-per-session stop flags.
+"""Fair turns: ``Limits.concurrency`` requests compose at a time (one by default), first
+come first served, and a session holds at most one waiting request (a newer click replaces
+it; Stop withdraws it). Also the per-session stop flags.
 """
 
 from __future__ import annotations
