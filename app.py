@@ -25,7 +25,8 @@ from cwcompose.render import RenderError
 from cwcompose.request import DEFAULT_CHECKPOINT, MAX_SEED, MAX_VARIATIONS, ComposeRequest, Limits, RequestError
 from cwcompose.roll_view import HEAD, ab_html, empty_roll_html, variations_html
 from cwcompose.sampling import DEFAULT_SAMPLING, FIELD_LABELS, MAX_TEMPERATURE, PRESETS, SamplingConfig
-from cwcompose.studio import Partial, Studio, compare_checkpoints, compare_table, prune_old_files, stream_compose
+from cwcompose.result_files import prune_old_files
+from cwcompose.studio import Partial, Studio, compare_checkpoints, compare_table, stream_compose
 from cwcompose.takes import History, locks_summary, numbers_table
 from cwcompose.tokenizer import FIELDS, PITCH_CLASSES, MidiReadError
 from cwcompose.turns import run_in_turn, withdraw

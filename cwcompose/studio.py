@@ -16,7 +16,6 @@ import dataclasses
 import errno
 import functools
 import json
-import os
 import secrets
 import shutil
 import tempfile
@@ -30,39 +29,15 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from cwcompose import metrics
 from cwcompose.checkpoints import SHIPPED_DIR, SHIPPED_STEPS, CheckpointError, load_checkpoint, shipped_stem
 from cwcompose.generation import BarDone, Composition, iter_compose, primer_words
 from cwcompose.model import ModelConfig
-from cwcompose.pianoroll import note_name
 from cwcompose.render import SOUNDFONT_ENV, Renderer, RenderError
 from cwcompose.request import MAX_SEED, ComposeRequest, Limits, RequestError
-from cwcompose.takes import Take, locks_summary
+from cwcompose.result_files import join_wavs, write_wav
+from cwcompose.takes import Take, locks_summary, piece_metrics
 from cwcompose.turns import StopSignals, Turns
 from cwcompose.words import count_bars
-
-def piece_metrics(composition: Composition, config, checkpoint: int) -> dict:
-    """Readable numbers about the generated part (not the primer) of a composition."""
-    notes = metrics.excerpt(metrics.to_grid_notes(composition.words, config),
-                            composition.primer_bars, composition.bars)
-    key = metrics.estimate_key(notes)
-    low, high = (int(notes.pitch.min()), int(notes.pitch.max())) if len(notes.pitch) else (0, 0)
-    span = f"{note_name(low)}-{note_name(high)} ({high - low} semitones)" if len(notes.pitch) else "no notes"
-    return {
-        "checkpoint": checkpoint,
-        "seed": composition.seed,
-        "bars generated": composition.bars,
-        "notes generated": int(len(notes.pitch)),
-        "words generated": int(len(composition.continuation)),
-        "note density (notes per bar)": round(metrics.note_density(notes), 2) if composition.bars else 0.0,
-        "pitch range": span,
-        "key (estimated)": metrics.key_name(key),
-        "out-of-key notes (%)": round(100 * metrics.out_of_key_ratio(notes, key), 1) if len(notes.pitch) else 0.0,
-        "primer bars": composition.primer_bars,
-        "length (seconds)": round(composition.seconds, 1),
-        "stopped early": composition.stopped_early,
-    }
-
 
 class Studio:
     """Composes requests with cached checkpoints and renders the results."""
@@ -242,7 +217,7 @@ class Studio:
         midi_path = folder / take.midi_path.name
         take.composition.midi.dump(str(midi_path))
         audio = self.render_or_none(take.composition.midi)
-        audio_path = None if audio is None else _write_wav(midi_path.with_suffix(".wav"), audio,
+        audio_path = None if audio is None else write_wav(midi_path.with_suffix(".wav"), audio,
                                                            self.renderer.sample_rate)
         return midi_path, audio_path
 
@@ -255,53 +230,12 @@ class Studio:
 # ---------------------------------------------------------------- streaming and variations
 
 
-def prune_old_files(folder: str | Path, age_seconds: float) -> int:
-    """Delete the files under ``folder`` last changed more than ``age_seconds`` ago, and the
-    folders that leaves empty; returns how many files went. Gradio's own cache cleaner works on
-    the same folder, so any file or folder may vanish mid-walk: one that cannot be listed or
-    removed any more is skipped, never an error."""
-    cutoff, removed = time.time() - age_seconds, 0
-    # bottom-up: a folder's files go before the folder is tried
-    for parent, folders, files in os.walk(folder, topdown=False, onerror=lambda err: None):
-        for name in files:
-            path = os.path.join(parent, name)
-            try:
-                if os.lstat(path).st_ctime < cutoff:
-                    os.unlink(path)
-                    removed += 1
-            except OSError:
-                continue
-        for name in folders:
-            try:
-                os.rmdir(os.path.join(parent, name))  # only an empty folder goes
-            except OSError:
-                continue
-    return removed
-
-
 @dataclass
 class Partial:
     """A streamed update: the roll so far and the audio chunk files so far (variation 1)."""
 
     bars_done: int  # bars of the piece (primer included) complete so far
     roll: str  # the roll's HTML, which lists the audio chunk files for the browser's player
-
-
-def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> Path:
-    """float32 (n, 2) -> 16-bit WAV, at a fixed scale (chunks of one stream must match)."""
-    import wave
-    pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
-    part = path.with_name(path.name + ".part")  # written whole, then renamed: never served half-written
-    try:
-        with wave.open(str(part), "wb") as out:
-            out.setnchannels(2)
-            out.setsampwidth(2)
-            out.setframerate(sample_rate)
-            out.writeframes(pcm.tobytes())
-        part.replace(path)
-    finally:
-        part.unlink(missing_ok=True)
-    return path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -463,7 +397,7 @@ def stream_compose(studio: "Studio", request: ComposeRequest, stop: threading.Ev
         midi = tokenizer.decode(words)
         chunk = audio_stream.feed(midi, complete * 4 * midi.ticks_per_beat)
         if len(chunk):  # a WAV with no frames is not decodable audio in a browser
-            chunks.append(_write_wav(folder / f"chunk{len(chunks):03d}.wav", chunk, sample_rate))
+            chunks.append(write_wav(folder / f"chunk{len(chunks):03d}.wav", chunk, sample_rate))
         notes = RollNotes.from_midi(midi, primer_end, bars=complete)
         return Partial(complete, roll_html(notes, title=f"composing, bar {complete} of {total_bars}",
                                            chunks=chunks, stream_id=stream_id, done=False))
@@ -486,7 +420,7 @@ def stream_compose(studio: "Studio", request: ComposeRequest, stop: threading.Ev
             compositions = event.compositions
             tail = audio_stream.finish(compositions[0].midi)
             if len(tail):
-                chunks.append(_write_wav(folder / f"chunk{len(chunks):03d}.wav", tail, sample_rate))
+                chunks.append(write_wav(folder / f"chunk{len(chunks):03d}.wav", tail, sample_rate))
     takes = []
     for row, composition in enumerate(compositions):
         takes.append(_take(studio, request, composition, folder, row, chunks if row == 0 else None, stream_id,
@@ -498,20 +432,11 @@ def _take(studio: "Studio", request: ComposeRequest, composition: Composition, f
           chunks: list[Path] | None, stream_id: str, label: str) -> Take:
     sample_rate = studio.renderer.sample_rate
     if chunks:
-        import wave
-        frames = []
-        for chunk in chunks:
-            with wave.open(str(chunk)) as wav:
-                frames.append(wav.readframes(wav.getnframes()))
-        audio_path = folder / f"cwcompose-{request.checkpoint}-seed{composition.seed}.wav"
-        with wave.open(str(audio_path), "wb") as out:
-            out.setnchannels(2)
-            out.setsampwidth(2)
-            out.setframerate(sample_rate)
-            out.writeframes(b"".join(frames))
+        audio_path = join_wavs(chunks, folder / f"cwcompose-{request.checkpoint}-seed{composition.seed}.wav",
+                               sample_rate)
     else:
         audio = studio.render_or_none(composition.midi)  # None: no soundfont (studio.audio_problem says so)
-        audio_path = None if audio is None else _write_wav(
+        audio_path = None if audio is None else write_wav(
             folder / f"cwcompose-{request.checkpoint}-seed{composition.seed}-v{row + 1}.wav", audio, sample_rate)
     midi_path = folder / (f"cwcompose-{request.checkpoint}-seed{composition.seed}"
                           f"{f'-v{row + 1}' if row else ''}.mid")

@@ -7,8 +7,10 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from cwcompose import metrics
 from cwcompose.generation import Composition
 from cwcompose.locks import Locks
+from cwcompose.pianoroll import note_name
 from cwcompose.request import ComposeRequest, RequestError
 
 
@@ -101,3 +103,26 @@ def locks_summary(locks: Locks, config=None) -> dict:
 def numbers_table(numbers: dict) -> list[list[str]]:
     """A result's numbers as two-column rows for a small table."""
     return [[name, str(value)] for name, value in numbers.items()]
+
+
+def piece_metrics(composition: Composition, config, checkpoint: int) -> dict:
+    """Readable numbers about the generated part (not the primer) of a composition."""
+    notes = metrics.excerpt(metrics.to_grid_notes(composition.words, config),
+                            composition.primer_bars, composition.bars)
+    key = metrics.estimate_key(notes)
+    low, high = (int(notes.pitch.min()), int(notes.pitch.max())) if len(notes.pitch) else (0, 0)
+    span = f"{note_name(low)}-{note_name(high)} ({high - low} semitones)" if len(notes.pitch) else "no notes"
+    return {
+        "checkpoint": checkpoint,
+        "seed": composition.seed,
+        "bars generated": composition.bars,
+        "notes generated": int(len(notes.pitch)),
+        "words generated": int(len(composition.continuation)),
+        "note density (notes per bar)": round(metrics.note_density(notes), 2) if composition.bars else 0.0,
+        "pitch range": span,
+        "key (estimated)": metrics.key_name(key),
+        "out-of-key notes (%)": round(100 * metrics.out_of_key_ratio(notes, key), 1) if len(notes.pitch) else 0.0,
+        "primer bars": composition.primer_bars,
+        "length (seconds)": round(composition.seconds, 1),
+        "stopped early": composition.stopped_early,
+    }

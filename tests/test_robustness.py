@@ -351,7 +351,7 @@ def test_pruning_tolerates_folders_vanishing_mid_walk(tmp_path):
     import subprocess
     import sys
 
-    from cwcompose.studio import prune_old_files
+    from cwcompose.result_files import prune_old_files
     cache = tmp_path / "cache"
     (cache / "kept").mkdir(parents=True)
     (cache / "kept" / "new.wav").write_bytes(b"x")
