@@ -86,22 +86,15 @@ class Ticket:
     def wait(self, timeout: float | None = None) -> bool:
         """True once it is this request's turn, False after ``timeout`` seconds of waiting;
         :class:`Replaced` if a newer request of the same session took its place."""
-        with self.turns._cond:
-            self.turns._cond.wait_for(lambda: self.running or self.replaced, timeout)
-            if self.replaced:
-                raise Replaced(self.reason)
-            return self.running
+        return self.turns.wait_for(self, timeout)
 
     @property
     def ahead(self) -> int:
         """Requests that run before this one (the ones composing and those waiting ahead of it)."""
-        with self.turns._cond:
-            if self.running or self.replaced:
-                return 0
-            return len(self.turns._running) + self.turns._waiting.index(self)
+        return self.turns.ahead_of(self)
 
     def leave(self) -> None:
-        self.turns._leave(self)
+        self.turns.leave(self)
 
 
 class Turns:
@@ -169,7 +162,23 @@ class Turns:
             for counts in (self.started, self.replaced, self.most_held):
                 counts.pop(session, None)
 
-    def _leave(self, ticket: Ticket) -> None:
+    def wait_for(self, ticket: Ticket, timeout: float | None = None) -> bool:
+        """See :meth:`Ticket.wait`."""
+        with self._cond:
+            self._cond.wait_for(lambda: ticket.running or ticket.replaced, timeout)
+            if ticket.replaced:
+                raise Replaced(ticket.reason)
+            return ticket.running
+
+    def ahead_of(self, ticket: Ticket) -> int:
+        """See :attr:`Ticket.ahead`."""
+        with self._cond:
+            if ticket.running or ticket.replaced:
+                return 0
+            return len(self._running) + self._waiting.index(ticket)
+
+    def leave(self, ticket: Ticket) -> None:
+        """``ticket``'s request is done (or gone): the next one in line may run."""
         with self._cond:
             if ticket in self._running:
                 self._running.remove(ticket)
