@@ -114,7 +114,8 @@ def forget_session(demo: gr.Blocks, studio: Studio, request: gr.Request) -> None
     holder, session = getattr(demo, "state_holder", None), getattr(request, "session_hash", None)
     if session:
         studio.turns.forget(session)
-    if holder is not None and session:
+    # Gradio's internals (6.x): a Gradio without them keeps its copies as before, nothing breaks
+    if session and all(hasattr(holder, name) for name in ("lock", "session_data", "time_last_used")):
         with holder.lock:
             holder.session_data.pop(session, None)
             holder.time_last_used.pop(session, None)
