@@ -127,12 +127,19 @@ def test_a_flood_from_one_session_holds_two_requests_at_most(checkpoints):
         assert list(studio.turns.order) == [a.session_hash, a.session_hash, b.session_hash]
 
 
+def a_held_composing(demo, studio) -> tuple[Client, Client, object]:
+    """Two visitors, A composing (held at its first bar by the renderer's gate) and B free to
+    ask; returns them and A's running job."""
+    a, b = Client(demo.local_url, verbose=False), Client(demo.local_url, verbose=False)
+    studio.renderer.go.clear()
+    first = compose(a, seed=1)
+    wait_until(lambda: studio.turns.snapshot()["running"] == [a.session_hash])
+    return a, b, first
+
+
 def test_a_waiting_request_sees_how_many_are_ahead_and_stop_withdraws_it(checkpoints):
     with served(checkpoints) as (demo, studio):
-        a, b = Client(demo.local_url, verbose=False), Client(demo.local_url, verbose=False)
-        studio.renderer.go.clear()
-        first = compose(a, seed=1)
-        wait_until(lambda: studio.turns.snapshot()["running"] == [a.session_hash])
+        a, b, first = a_held_composing(demo, studio)
         waiting = compose(b, seed=7)
         wait_until(lambda: any("Waiting for your turn: 1 ahead of you" in str(out) for out in waiting.outputs()),
                    seconds=10)
@@ -141,7 +148,6 @@ def test_a_waiting_request_sees_how_many_are_ahead_and_stop_withdraws_it(checkpo
             waiting.result()
         studio.renderer.go.set()
         assert first.result()[-1] == 1 and studio.turns.started == {a.session_hash: 1}
-
 
 
 def click(demo, client: Client, elem_id: str) -> None:
@@ -155,10 +161,7 @@ def click(demo, client: Client, elem_id: str) -> None:
 
 def test_a_waiting_compare_shows_its_place_and_its_stop_withdraws_it(checkpoints):
     with served(checkpoints) as (demo, studio):
-        a, b = Client(demo.local_url, verbose=False), Client(demo.local_url, verbose=False)
-        studio.renderer.go.clear()
-        first = compose(a, seed=1)
-        wait_until(lambda: studio.turns.snapshot()["running"] == [a.session_hash])
+        a, b, first = a_held_composing(demo, studio)
         waiting = b.submit(bars=2, seed=7, random_seed=False, api_name="/compare")
         wait_until(lambda: any("Waiting for your turn: 1 ahead of you" in str(out[0]) for out in waiting.outputs()),
                    seconds=10)
