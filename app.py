@@ -337,9 +337,9 @@ class TakeEvents:
 
     def __init__(self, studio: Studio, history: gr.State, c: dict, r: dict):
         self.studio, self.history, self.c, self.r = studio, history, c, r
-        budget = gpu(studio.limits.request_seconds)
-        self.compose, self.rewind, self.continue_take = budget(self.compose), budget(self.rewind), budget(
-            self.continue_take)
+        budget = gpu(studio.limits.request_seconds)  # the handlers that compose
+        for name in ("compose", "rewind", "continue_take"):
+            setattr(self, name, budget(getattr(self, name)))
 
     def stream(self, req: ComposeRequest, hist: History, request: gr.Request, label: str):
         """Streamed updates (the roll, which carries the audio chunk list), then the final take."""

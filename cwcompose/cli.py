@@ -111,7 +111,7 @@ def _run_generate(args) -> int:
         model, tokenizer = load_checkpoint(args.checkpoint, device=args.device)
         if args.from_bar is not None and args.primer is None:
             raise ValueError("--from-bar needs --primer (the piece to rewind)")
-        constraints = constraints_from_args(args, tokenizer, next(model.parameters()).device)
+        constraints = constraints_from_args(args, tokenizer)
         pieces = compose_variations(model, tokenizer, variations=args.variations, primer=args.primer,
                                     primer_bars=args.primer_bars, bars=args.bars, max_seconds=args.seconds,
                                     sampling=sampling, seed=args.seed, from_bar=args.from_bar,
@@ -132,10 +132,9 @@ def output_paths(output: Path, variations: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(1, variations + 1)]
 
 
-def constraints_from_args(args, tokenizer, device="cpu") -> list:
+def constraints_from_args(args, tokenizer) -> list:
     """The user's locks (logit processors, see cwcompose.locks) from the generate options
-    --chords, --key, --key-strength, --tempo, --density, built on ``device`` (the model's);
-    a bad value raises ValueError."""
+    --chords, --key, --key-strength, --tempo, --density; a bad value raises ValueError."""
     from cwcompose.generation import primer_words
     from cwcompose.locks import Locks
 
@@ -144,7 +143,7 @@ def constraints_from_args(args, tokenizer, device="cpu") -> list:
     primer = None
     if locks.key_from_primer and args.primer is not None:
         primer = primer_words(tokenizer, args.primer, args.primer_bars, args.from_bar)
-    return locks.processors(tokenizer, primer, device)
+    return locks.processors(tokenizer, primer)
 
 
 def _add_evaluate(commands) -> None:

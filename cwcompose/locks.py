@@ -6,11 +6,9 @@ when ``field`` is drawn, after the grammar mask and before temperature and top-p
 ``WordState`` ((B,) tensors: ``current`` (B, fields), ``bar``, ``position``,
 ``notes_in_bar``, ``done``). Every processor touches only the rows its rule applies to
 (e.g. the key lock only rows drawing a note), never syncs with the host, and returns a
-new tensor. The locks that hold tensors (:class:`ChordLock`, :class:`KeyLock`) are built on
-a device (``Locks.processors(..., device=)``) and read them there: nothing crosses between
-host and device per word. ``to(device)`` gives a copy on another device;
-``generation.iter_compose`` moves every processor that has it to the model's device once,
-before the first word, so locks built on the CPU still cost no transfer per word.
+new tensor. The locks that hold tensors (:class:`ChordLock`, :class:`KeyLock`) offer
+``to(device)``; ``generation.iter_compose`` moves every processor that has it to the model's
+device once, before the first word, so nothing crosses between host and device per word.
 
 Chord progressions (:func:`parse_progression`)
     Bars are separated by spaces and cycle: ``"C G Am F"`` is C in bar 1, G in bar 2,
@@ -262,10 +260,9 @@ class ChordLock:
     half: int = 16
 
     @classmethod
-    def build(cls, progression: tuple[tuple[Chord, ...], ...], tokenizer: CPTokenizer,
-              device: torch.device | str = "cpu") -> "ChordLock":
-        first = torch.tensor([bar[0].token(tokenizer) for bar in progression], device=device)
-        second = torch.tensor([bar[-1].token(tokenizer) for bar in progression], device=device)
+    def build(cls, progression: tuple[tuple[Chord, ...], ...], tokenizer: CPTokenizer) -> "ChordLock":
+        first = torch.tensor([bar[0].token(tokenizer) for bar in progression])
+        second = torch.tensor([bar[-1].token(tokenizer) for bar in progression])
         return cls(first, second, tokenizer.config.positions_per_bar // 2)
 
     def to(self, device: torch.device | str) -> "ChordLock":
@@ -442,19 +439,17 @@ class Locks(JsonConfig):
         config = config or TokenizerConfig()
         return float(tempo_classes_bpm(config)[quantise_tempo(self.tempo_bpm, config)])
 
-    def processors(self, tokenizer: CPTokenizer, primer_words: np.ndarray | None = None,
-                   device: torch.device | str = "cpu") -> list:
-        """The processors of the locks that are set, in the order chords, key, tempo, density,
-        their tensors on ``device`` (the model's: see the module docstring). Raises
-        ValueError for what this checkpoint's vocabulary cannot hold."""
+    def processors(self, tokenizer: CPTokenizer, primer_words: np.ndarray | None = None) -> list:
+        """The processors of the locks that are set, in the order chords, key, tempo, density
+        (on the CPU: ``iter_compose`` moves them to the model's device). Raises ValueError for
+        what this checkpoint's vocabulary cannot hold."""
         procs: list = []
         if self.chords is not None:
             progression = parse_progression(self.chords, tokenizer.config.chord_qualities)
-            procs.append(ChordLock.build(progression, tokenizer, device))
+            procs.append(ChordLock.build(progression, tokenizer))
         key = self.resolve_key(tokenizer, primer_words)
         if key is not None and self.key_strength > 0:
-            mask = scale_pitch_mask(tokenizer, key).to(device)
-            procs.append(KeyLock(mask, key_penalty_nats(self.key_strength)))
+            procs.append(KeyLock(scale_pitch_mask(tokenizer, key), key_penalty_nats(self.key_strength)))
         if self.tempo_bpm is not None:
             check_tempo(self.tempo_bpm, tokenizer.config)
             procs.append(TempoLock(TEMPO0 + quantise_tempo(self.tempo_bpm, tokenizer.config)))

@@ -206,8 +206,10 @@ def _meta(state: WordState) -> WordState:
     return dataclasses.replace(state, **{k: v.to("meta") for k, v in tensors.items() if torch.is_tensor(v)})
 
 
-def test_processors_hold_their_tensors_on_the_device_they_were_built_for():
-    procs = ALL_LOCKS.processors(TOK, device="meta")
+def test_processors_hold_their_tensors_on_the_device_they_were_moved_to():
+    from cwcompose.generation import on_device
+
+    procs = on_device(ALL_LOCKS.processors(TOK), torch.device("meta"))
     held = [t for p in procs for t in vars(p).values() if torch.is_tensor(t)]
     assert len(held) == 3 and all(t.device.type == "meta" for t in held)  # chord tables, key mask
     moved = [p.to("meta") for p in ALL_LOCKS.processors(TOK) if hasattr(p, "to")]
@@ -220,7 +222,9 @@ def test_processors_run_on_the_device_without_touching_the_host():
     tensor mixed in raises, so every processor running here on every field shows none."""
     state = _meta(make_state([pos_row(0, -1, 0), pos_row(1, 4, 16), dict(family=FAMILY_NOTE, position=3),
                               dict(family=IGNORE, position=5, notes_in_bar=2)]))
-    for proc in ALL_LOCKS.processors(TOK, device="meta"):
+    from cwcompose.generation import on_device
+
+    for proc in on_device(ALL_LOCKS.processors(TOK), torch.device("meta")):
         for field in FIELDS:
             logits = torch.zeros(4, TOK.vocab_sizes[field], device="meta")
             assert proc(state, field, logits).device.type == "meta"

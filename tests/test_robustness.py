@@ -333,7 +333,6 @@ def test_uploads_and_served_files_are_deleted_after_cache_seconds(tmp_path, monk
         studio.close()
 
 
-
 CHURN = """
 import os, shutil, sys
 root, i = sys.argv[1], 0
@@ -399,6 +398,7 @@ def test_a_primer_that_cannot_be_read_is_reported_as_unreadable(tmp_path):
         assert not message_faults(str(raised.value))
     finally:
         studio.close()
+
 
 class PickleBomb:
     """Unpickling this touches a marker file: proof that someone ran pickle on it."""
