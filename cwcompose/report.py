@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cwcompose.evaluation import CONDITIONS
+from cwcompose.evaluation import CONDITIONS, MIN_FIELD_TARGETS
 from cwcompose.verdicts import generations_paragraph, verdict
 from cwcompose.coherence import CLOSE_REPEAT_JACCARD, COHERENCE_LABELS, LONG_FORM_LABELS, REPEAT_LOOKBACK
 from cwcompose.metrics import METRIC_LABELS, VARIETY_LABELS
@@ -150,7 +150,9 @@ def markdown_report(results: dict, curves: dict | None = None) -> str:
         f"primers of {cfg['primer_bars']} bars; default sampling). Do not edit by hand: rerun the command.",
         "## Held-out loss",
         f"Negative log-likelihood of the {results['split']} songs, nats per predicted token of each field "
-        f"({cfg['nll_windows']} fixed windows starting at bar lines; total = mean over fields).",
+        f"({cfg['nll_windows']} fixed windows starting at bar lines; total = mean over fields). A field "
+        f"with fewer than {MIN_FIELD_TARGETS} targets in the windows is left out (-): its mean would be a few "
+        "tokens' noise (the rare Rest word), or the checkpoint has no such field.",
         nll_table(results),
         *(["### During training",
            "Validation loss logged by `cwcompose train` every 500 steps (nats per token; see loss.png).",

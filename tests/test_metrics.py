@@ -14,7 +14,7 @@ from cwcompose.metrics import (
     METRIC_LABELS, build_span_index, copy_share, estimate_key, excerpt, grid_notes_from_midi, grid_notes_from_score, grid_notes_from_words, groove_similarity, longest_repeated_run, make_grid_notes, mean_pairwise_distance, note_density, onset_position_histogram, out_of_key_ratio, piece_metrics, pitch_class_entropy, pitch_class_histogram, pitch_range, polyphony, repetition_share, variety,
 )
 from cwcompose.tokenizer import (
-    BAR, FAMILY_METRIC, FAMILY_NOTE, FIELDS, IGNORE, POS0, VALUE0, CPTokenizer, Score, ScoreNote, TokenizerConfig,
+    BAR, FAMILY_METRIC, FAMILY_NOTE, FIELDS, IGNORE, PAD, POS0, VALUE0, CPTokenizer, Score, ScoreNote, TokenizerConfig,
 )
 
 CONFIG = TokenizerConfig()
@@ -227,13 +227,22 @@ def test_held_out_nll_is_the_mean_over_every_valid_token():
     words = torch.from_numpy(tokenizer.encode_score(sample_score()))
     windows = torch.zeros(3, len(words), len(FIELDS), dtype=torch.long)
     windows[0], windows[1, :5], windows[2, :9] = words, words[:5], words[:9]  # unequal padding
-    nll = held_out_nll(model, windows, batch_size=2)  # chunks of 2 and 1 windows
+    nll = held_out_nll(model, windows, batch_size=2, min_targets=1)  # chunks of 2 and 1 windows
     with torch.no_grad():
         _, one_batch = model(windows[:, :-1], windows[:, 1:])  # one mean over all valid targets
     for f in FIELDS:
         if not torch.isnan(one_batch[f]):
             assert nll[f] == pytest.approx(one_batch[f].item(), rel=1e-5)
     assert nll["total"] == pytest.approx(np.mean([v for k, v in nll.items() if k != "total"]))
+
+    # a field with fewer targets than the minimum is left out of the fields and of the total
+    targets = {f: int(((windows[:, 1:, i] != PAD) & ((windows[:, 1:, i] != IGNORE) | (f == "family"))).sum())
+               for i, f in enumerate(FIELDS)}
+    threshold = sorted(set(targets.values()))[1]  # drops the fields with the fewest targets
+    kept = held_out_nll(model, windows, batch_size=2, min_targets=threshold)
+    assert set(kept) - {"total"} == {f for f, n in targets.items() if n >= threshold}
+    assert len(kept) < len(nll)
+    assert kept["total"] == pytest.approx(np.mean([nll[f] for f in kept if f != "total"]))
 
 
 def test_primer_midi_holds_exactly_the_first_bars(small_dataset):
