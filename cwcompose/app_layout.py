@@ -91,9 +91,8 @@ def compose_controls(limits: Limits, checkpoints: list[tuple[str, int]]) -> dict
         c["generate"] = gr.Button("Generate", variant="primary", elem_id="generate", min_width=90)
         c["stop"] = gr.Button("Stop", variant="stop", elem_id="stop", min_width=70)
         c["undo"] = gr.Button("Undo", elem_id="undo", min_width=70)
+    c["checkpoint"] = gr.Dropdown(checkpoints, value=DEFAULT_CHECKPOINT, label="Checkpoint", elem_id="checkpoint")
     with gr.Row():
-        c["checkpoint"] = gr.Dropdown(checkpoints, value=DEFAULT_CHECKPOINT, label="Checkpoint",
-                                      elem_id="checkpoint", min_width=150)
         c["bars"] = NumberInput(DEFAULT_REQUEST.bars, precision=0, minimum=1, maximum=limits.max_bars, step=1,
                               label=f"Bars (1–{limits.max_bars})", elem_id="bars", min_width=80)
         c["variations"] = NumberInput(1, precision=0, minimum=1, maximum=MAX_VARIATIONS, step=1,
@@ -108,7 +107,7 @@ def compose_controls(limits: Limits, checkpoints: list[tuple[str, int]]) -> dict
         c["key_strength"] = SliderInput(0.0, 1.0, value=1.0, step=0.05, label="Key strength",
                                       elem_id="key-strength", min_width=120)
     c["primer"] = gr.File(label="Primer MIDI (optional)", file_types=[".mid", ".midi"], type="filepath",
-                          elem_id="primer", height=90)
+                          elem_id="primer", height=120)
     with gr.Accordion("Primer bars and seed", open=False):
         with gr.Row():
             c["primer_bars"] = SliderInput(1, limits.max_primer_bars, value=DEFAULT_REQUEST.primer_bars, step=1,
