@@ -31,15 +31,49 @@ def skewed_view(buffer: torch.Tensor) -> torch.Tensor:
     return flat.unflatten(-1, (length, 2 * length - 1))[..., :length]
 
 
+class SkewScratch:
+    """The two (B, H, L, 2L) buffers of the skew, kept from one training step to the next.
+    Only the forward's left half and the backward's skewed view are written per call, so the
+    forward's right half stays -inf (the causal padding) and the cells of the backward's
+    buffer that its view never reaches stay 0: neither is filled again. Filling them was a
+    fifth of a 1024-word training step on the CPU (``bench/train.py``). A model's layers may
+    share one: they run one after another, and each call is done with the buffer on return."""
+
+    def __init__(self) -> None:
+        self._scores: torch.Tensor | None = None
+        self._gradients: torch.Tensor | None = None
+
+    def scores(self, q: torch.Tensor) -> torch.Tensor:
+        """The forward's buffer for queries ``q`` (B, H, L, D): right half -inf."""
+        if not self._fits(self._scores, q):
+            self._scores = self._new(q, float("-inf"))
+        return self._scores
+
+    def gradients(self, q: torch.Tensor) -> torch.Tensor:
+        """The backward's buffer for queries ``q``: zero wherever its skewed view does not reach."""
+        if not self._fits(self._gradients, q):
+            self._gradients = self._new(q, 0.0)
+        return self._gradients
+
+    @staticmethod
+    def _new(q: torch.Tensor, value: float) -> torch.Tensor:
+        return q.new_full((*q.shape[:-2], q.size(-2), 2 * q.size(-2)), value)
+
+    @staticmethod
+    def _fits(buffer: torch.Tensor | None, q: torch.Tensor) -> bool:
+        return (buffer is not None and buffer.shape == (*q.shape[:-2], q.size(-2), 2 * q.size(-2))
+                and buffer.dtype == q.dtype and buffer.device == q.device)
+
+
 class CausalRelativeAttention(torch.autograd.Function):
     """softmax(q k^T + skew(q E^T), causal) v for queries = keys = one whole window."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
+                scratch: SkewScratch | None) -> torch.Tensor:
         """q, k, v: (B, H, L, D), q pre-scaled; table: (L, D) embeddings of distances L-1 .. 0."""
         length = q.size(-2)
-        buffer = q.new_empty(*q.shape[:-2], length, 2 * length)
-        buffer[..., length:] = float("-inf")
+        buffer = (scratch or SkewScratch()).scores(q)
         torch.matmul(q, table.T, out=buffer[..., :length])
         scores = torch.matmul(q, k.transpose(-1, -2))
         scores += skewed_view(buffer)
@@ -47,6 +81,7 @@ class CausalRelativeAttention(torch.autograd.Function):
         weights = torch.softmax(scores, dim=-1)
         del scores
         ctx.save_for_backward(q, k, v, table, weights)
+        ctx.scratch = scratch
         return weights @ v
 
     @staticmethod
@@ -60,17 +95,18 @@ class CausalRelativeAttention(torch.autograd.Function):
         del weights
         grad_q = grad_scores @ k
         grad_k = grad_scores.transpose(-1, -2) @ q
-        by_distance = q.new_zeros(*q.shape[:-2], length, 2 * length)
+        by_distance = (ctx.scratch or SkewScratch()).gradients(q)
         skewed_view(by_distance).copy_(grad_scores)  # masked entries of dS are 0: the padding stays 0
         del grad_scores
         by_distance = by_distance[..., :length]
         grad_q += by_distance @ table
         grad_table = (by_distance.transpose(-1, -2) @ q).flatten(0, -3).sum(0)
-        return grad_q, grad_k, grad_v, grad_table
+        return grad_q, grad_k, grad_v, grad_table, None
 
 
-def causal_relative_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                              table: torch.Tensor) -> torch.Tensor:
+def causal_relative_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
+                              scratch: SkewScratch | None = None) -> torch.Tensor:
     """(B, H, L, D) outputs of causal relative attention over a whole window; ``q`` is
-    scaled by 1/sqrt(D) here. ``table`` (L, D): the relative embeddings of distances L-1 .. 0."""
-    return CausalRelativeAttention.apply(q * q.size(-1) ** -0.5, k, v, table.to(q.dtype))
+    scaled by 1/sqrt(D) here. ``table`` (L, D): the relative embeddings of distances L-1 .. 0.
+    ``scratch``: buffers kept from call to call (None: new ones, as concurrent callers need)."""
+    return CausalRelativeAttention.apply(q * q.size(-1) ** -0.5, k, v, table.to(q.dtype), scratch)

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cwcompose.attention import causal_relative_attention
+from cwcompose.attention import SkewScratch, causal_relative_attention
 from cwcompose.jsonconfig import JsonConfig
 from cwcompose.tokenizer import FIELDS, IGNORE, PAD
 
@@ -108,8 +108,9 @@ class KVCache:
 
 
 class RelativeSelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, scratch: SkewScratch | None = None):
         super().__init__()
+        self.scratch = scratch or SkewScratch()  # reused while training, see SkewScratch
         self.n_heads, self.head_dim = cfg.n_heads, cfg.d_model // cfg.n_heads
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
@@ -129,7 +130,9 @@ class RelativeSelfAttention(nn.Module):
         lk = k.size(2)
         dropout = self.dropout if self.training else 0.0
         if lq == lk and dropout == 0.0:  # a whole window (training, prefill)
-            y = causal_relative_attention(q, k, v, self.relative_table(lk))
+            # fresh buffers without autograd: inference may run on several threads at once
+            scratch = self.scratch if torch.is_grad_enabled() else None
+            y = causal_relative_attention(q, k, v, self.relative_table(lk), scratch)
             return self.out(y.transpose(1, 2).reshape(b, lq, d))
         bias = q @ self.relative_table(lk).to(q.dtype).T / math.sqrt(self.head_dim)
         if lq > 1:  # new queries after cached keys (or a window with attention dropout)
@@ -140,10 +143,10 @@ class RelativeSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, scratch: SkewScratch | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.d_model)
-        self.attention = RelativeSelfAttention(cfg)
+        self.attention = RelativeSelfAttention(cfg, scratch)
         self.norm2 = nn.LayerNorm(cfg.d_model)
         self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, cfg.d_model))
         self.drop = nn.Dropout(cfg.dropout)
@@ -160,7 +163,8 @@ class CPTransformer(nn.Module):
         self.embed = nn.ModuleDict({f: nn.Embedding(cfg.vocab_sizes[f], cfg.embed_widths[f]) for f in FIELDS})
         self.project_in = nn.Linear(sum(cfg.embed_widths.values()), cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        scratch = SkewScratch()  # one for all layers: they run one after another
+        self.blocks = nn.ModuleList(Block(cfg, scratch) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.family_head = nn.Linear(cfg.d_model, cfg.vocab_sizes["family"])
         self.project_family = nn.Linear(cfg.d_model + cfg.embed_widths["family"], cfg.d_model)

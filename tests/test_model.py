@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cwcompose.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from cwcompose.attention import causal_relative_attention, skewed_view
+from cwcompose.attention import SkewScratch, causal_relative_attention, skewed_view
 from cwcompose.model import CPTransformer, KVCache, ModelConfig, RelativeSelfAttention, skew, total_loss
 from cwcompose.tokenizer import FIELDS, IGNORE, PAD, CPTokenizer, TokenizerConfig
 
@@ -104,6 +104,23 @@ def test_hand_written_attention_backward_passes_gradcheck(length):
     q, k, v = (torch.randn(2, 3, length, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
     table = torch.randn(length, 4, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(causal_relative_attention, (q, k, v, table))
+
+
+def test_reused_skew_buffers_give_what_fresh_ones_give():
+    """Buffers kept from call to call (training) against new ones per call: outputs and every
+    gradient equal, over calls of new inputs and of another length in between."""
+    scratch = SkewScratch()
+    for seed, length in enumerate([9, 9, 5, 9]):
+        g = torch.Generator().manual_seed(seed)
+        inputs = [torch.randn(2, 3, length, 4, generator=g) for _ in range(3)] + [torch.randn(length, 4, generator=g)]
+        results = []
+        for kept in (scratch, None):
+            leaves = [t.clone().requires_grad_() for t in inputs]
+            out = causal_relative_attention(*leaves, scratch=kept)
+            out.backward(torch.ones_like(out))
+            results.append([out.detach(), *(t.grad for t in leaves)])
+        for got, want in zip(*results):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_hand_written_attention_gradients_equal_autograd_through_the_naive_reference():
