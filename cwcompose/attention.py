@@ -35,8 +35,8 @@ class SkewScratch:
     """The two (B, H, L, 2L) buffers of the skew, kept from one training step to the next.
     Only the forward's left half and the backward's skewed view are written per call, so the
     forward's right half stays -inf (the causal padding) and the cells of the backward's
-    buffer that its view never reaches stay 0: neither is filled again. Filling them was a
-    fifth of a 1024-word training step on the CPU (``bench/train.py``). A model's layers may
+    buffer that its view never reaches stay 0: neither is filled again. Filling them was almost
+    a quarter of a 1024-word training step on the CPU (``bench/train.py``). A model's layers may
     share one: they run one after another, and each call is done with the buffer on return."""
 
     def __init__(self) -> None:
