@@ -14,7 +14,7 @@ file transfer), printing the median of ``--runs`` calls after one warm-up:
 - compare: /compare, the same request through the three checkpoints.
 - variations x4: /compose with variations=4 (one batch), to the final update.
 
-Uses the real checkpoints (the newest generation holding each step, e.g. checkpoints/v1);
+Uses the real checkpoints (the newest generation holding each step: checkpoints/stepN);
 a missing one becomes an untrained default-size stand-in, which costs the same per word.
 Targets: first sound <= 0.6 s, compare <= 4 s; exits 1 when one is missed. Other work on the
 machine (a training run) slows every figure: the load average is printed beside them.

@@ -1,7 +1,7 @@
 """Load test: simulated users on the real HTTP API (gradio_client), against app.py served by a
 subprocess on 127.0.0.1.
 
-    .venv/bin/python bench/load.py                          # 32 users x 5 requests, the shipped v1 checkpoints
+    .venv/bin/python bench/load.py                          # 32 users x 5 requests, the shipped checkpoints
     .venv/bin/python bench/load.py --users 8 --requests 2 --stand-ins tiny --bars 2    # a quick one
 
 Every user is its own session and works like a person: compose (streamed), then, rotated by

@@ -1,6 +1,6 @@
 """Soak test: steady mixed traffic on app.py for a long while; the server's memory must level off.
 
-    .venv/bin/python bench/soak.py                        # 30 minutes, 8 users, the shipped v1 checkpoints
+    .venv/bin/python bench/soak.py                        # 30 minutes, 8 users, the shipped checkpoints
     .venv/bin/python bench/soak.py --minutes 4 --stand-ins tiny --warm-up 1 --every 30    # a quick look
 
 The traffic is bench/load.py's: simulated users over HTTP, each pass of a user's script
