@@ -57,11 +57,11 @@ class SkewScratch:
 
     @staticmethod
     def _new(q: torch.Tensor, value: float) -> torch.Tensor:
-        return q.new_full((*q.shape[:-2], q.size(-2), 2 * q.size(-2)), value)
+        return q.new_full((*q.shape[:-1], 2 * q.size(-2)), value)
 
     @staticmethod
     def _fits(buffer: torch.Tensor | None, q: torch.Tensor) -> bool:
-        return (buffer is not None and buffer.shape == (*q.shape[:-2], q.size(-2), 2 * q.size(-2))
+        return (buffer is not None and buffer.shape[:-1] == q.shape[:-1] and buffer.size(-1) == 2 * q.size(-2)
                 and buffer.dtype == q.dtype and buffer.device == q.device)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cwcompose.generation import on_device
 from cwcompose.grammar import WordState
 from cwcompose.locks import (
     Chord, ChordLock, DensityBias, KeyLock, Locks, TempoLock, forced_chord_words, key_penalty_nats, parse_chord,
@@ -206,12 +207,18 @@ def _meta(state: WordState) -> WordState:
     return dataclasses.replace(state, **{k: v.to("meta") for k, v in tensors.items() if torch.is_tensor(v)})
 
 
-def test_processors_hold_their_tensors_on_the_device_they_were_moved_to():
-    from cwcompose.generation import on_device
+def meta_processors() -> list:
+    """Every lock's processor, moved to the meta device as ``iter_compose`` moves them."""
+    return on_device(ALL_LOCKS.processors(TOK), torch.device("meta"))
 
-    procs = on_device(ALL_LOCKS.processors(TOK), torch.device("meta"))
+
+def test_processors_hold_their_tensors_on_the_device_they_were_moved_to():
+    procs = meta_processors()
+    assert [type(p) for p in procs] == [ChordLock, KeyLock, TempoLock, DensityBias]
+    assert procs[2:] == ALL_LOCKS.processors(TOK)[2:]  # no tensors: as they were
     held = [t for p in procs for t in vars(p).values() if torch.is_tensor(t)]
     assert len(held) == 3 and all(t.device.type == "meta" for t in held)  # chord tables, key mask
+    assert procs[0].first.device.type == procs[1].out_of_key.device.type == "meta"
     moved = [p.to("meta") for p in ALL_LOCKS.processors(TOK) if hasattr(p, "to")]
     assert [t.device.type for p in moved for t in vars(p).values() if torch.is_tensor(t)] == ["meta"] * 3
     assert all(p.to("meta") is p for p in procs if hasattr(p, "to"))  # already there: no copy
@@ -222,21 +229,10 @@ def test_processors_run_on_the_device_without_touching_the_host():
     tensor mixed in raises, so every processor running here on every field shows none."""
     state = _meta(make_state([pos_row(0, -1, 0), pos_row(1, 4, 16), dict(family=FAMILY_NOTE, position=3),
                               dict(family=IGNORE, position=5, notes_in_bar=2)]))
-    from cwcompose.generation import on_device
-
-    for proc in on_device(ALL_LOCKS.processors(TOK), torch.device("meta")):
+    for proc in meta_processors():
         for field in FIELDS:
             logits = torch.zeros(4, TOK.vocab_sizes[field], device="meta")
             assert proc(state, field, logits).device.type == "meta"
-
-
-def test_iter_compose_moves_the_locks_to_the_model_device_once():
-    from cwcompose.generation import on_device
-
-    procs = on_device(ALL_LOCKS.processors(TOK), torch.device("meta"))
-    assert [type(p) for p in procs] == [ChordLock, KeyLock, TempoLock, DensityBias]
-    assert procs[0].first.device.type == procs[1].out_of_key.device.type == "meta"
-    assert procs[2:] == ALL_LOCKS.processors(TOK)[2:]  # no tensors: as they were
 
 
 def test_density_bias_pushes_notes_when_behind_and_metre_when_ahead():
